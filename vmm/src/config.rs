@@ -1,0 +1,88 @@
+//! What a user asks for: the VM's configuration, before it is built.
+
+use std::path::PathBuf;
+
+use crate::cpu::cpuid::CpuTemplate;
+
+/// Command line for a Linux guest when the user gives none: the console on
+/// COM1, reboot through the keyboard controller, reboot on panic.
+pub const DEFAULT_CMDLINE: &str = "console=ttyS0 reboot=k panic=1";
+
+/// Default memory: 512 MiB.
+pub const DEFAULT_MEM_SIZE: u64 = 512 << 20;
+
+/// A VM to build.
+#[derive(Debug, Clone)]
+pub struct VmConfig {
+    pub kernel: PathBuf,
+    pub initrd: Option<PathBuf>,
+    pub cmdline: String,
+    pub vcpus: u8,
+    pub mem_size: u64,
+    pub cpu_template: CpuTemplate,
+}
+
+impl VmConfig {
+    pub fn new(kernel: PathBuf) -> Self {
+        VmConfig {
+            kernel,
+            initrd: None,
+            cmdline: DEFAULT_CMDLINE.to_string(),
+            vcpus: 1,
+            mem_size: DEFAULT_MEM_SIZE,
+            cpu_template: CpuTemplate::default(),
+        }
+    }
+}
+
+/// Parses a memory size: a number of bytes, or with a K, M, G or T suffix
+/// (binary units, optional trailing "iB" or "B").
+pub fn parse_size(text: &str) -> Result<u64, String> {
+    let t = text.trim();
+    let t = t
+        .strip_suffix("iB")
+        .or_else(|| t.strip_suffix('B'))
+        .unwrap_or(t);
+    let (digits, shift) = match t.char_indices().last() {
+        Some((i, c)) if c.is_ascii_alphabetic() => {
+            let shift = match c.to_ascii_uppercase() {
+                'K' => 10,
+                'M' => 20,
+                'G' => 30,
+                'T' => 40,
+                _ => {
+                    return Err(format!(
+                        "invalid size '{text}': unknown unit '{c}' (use K, M, G or T)"
+                    ))
+                }
+            };
+            (&t[..i], shift)
+        }
+        _ => (t, 0),
+    };
+    let n: u64 = digits
+        .parse()
+        .map_err(|_| format!("invalid size '{text}' (examples: 512M, 2G)"))?;
+    n.checked_mul(1u64 << shift)
+        .ok_or_else(|| format!("invalid size '{text}': too large"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sizes_parse() {
+        assert_eq!(parse_size("512M"), Ok(512 << 20));
+        assert_eq!(parse_size("2G"), Ok(2 << 30));
+        assert_eq!(parse_size("2GiB"), Ok(2 << 30));
+        assert_eq!(parse_size("64k"), Ok(64 << 10));
+        assert_eq!(parse_size("4096"), Ok(4096));
+        assert_eq!(parse_size("0"), Ok(0));
+        assert!(parse_size("").is_err());
+        assert!(parse_size("12X").is_err());
+        assert!(parse_size("-1G").is_err());
+        assert!(parse_size("99999999999T").is_err());
+        assert!(parse_size("M").is_err());
+    }
+}

@@ -1,0 +1,143 @@
+//! A built VM and its life: start one thread per vCPU, wait for the exit
+//! signal, then stop every vCPU and join every thread before returning the
+//! reason. Nothing outlives `RunningVm::wait`.
+
+use std::os::fd::AsRawFd;
+use std::sync::{Arc, Mutex};
+use std::thread::JoinHandle;
+use std::time::Duration;
+
+use kvm_ioctls::{VcpuFd, VmFd};
+use vmm_sys_util::signal::Killable;
+
+use crate::devices::serial::SerialDevice;
+use crate::lifecycle::{ExitReason, ExitSignal};
+use crate::memory::GuestMemoryMmap;
+use crate::vcpu::{self, VcpuContext};
+
+/// Errors from starting a VM.
+#[derive(Debug, thiserror::Error)]
+pub enum VmError {
+    #[error("cannot install the vCPU kick signal handler: {0}")]
+    KickHandler(vmm_sys_util::errno::Error),
+    #[error("cannot start vCPU thread {0}: {1}")]
+    SpawnVcpu(u8, std::io::Error),
+}
+
+/// A VM ready to run.
+pub struct Vm {
+    // Kept alive for as long as the vCPUs run: KVM needs the VM fd and the
+    // memory the slots point into.
+    pub(crate) vm_fd: VmFd,
+    pub(crate) memory: GuestMemoryMmap,
+    pub(crate) vcpus: Vec<VcpuFd>,
+    pub(crate) ctx: VcpuContext,
+    pub(crate) serial: Arc<Mutex<SerialDevice>>,
+}
+
+impl Vm {
+    /// Starts every vCPU.
+    pub fn start(self) -> Result<RunningVm, VmError> {
+        vcpu::install_kick_handler().map_err(VmError::KickHandler)?;
+        let mut threads = Vec::with_capacity(self.vcpus.len());
+        for (id, fd) in self.vcpus.into_iter().enumerate() {
+            let ctx = self.ctx.clone();
+            let id = id as u8;
+            let spawned = std::thread::Builder::new()
+                .name(format!("vcpu{id}"))
+                .spawn(move || vcpu::run(fd, id, ctx));
+            match spawned {
+                Ok(handle) => threads.push(handle),
+                Err(e) => {
+                    // Stop the ones already running before reporting.
+                    let running =
+                        RunningVm::new(self.vm_fd, self.memory, threads, self.ctx, self.serial);
+                    running
+                        .exit
+                        .request(ExitReason::Error("vCPU thread creation failed".into()));
+                    running.wait();
+                    return Err(VmError::SpawnVcpu(id, e));
+                }
+            }
+        }
+        Ok(RunningVm::new(
+            self.vm_fd,
+            self.memory,
+            threads,
+            self.ctx,
+            self.serial,
+        ))
+    }
+
+    /// The guest's memory (for tests and future snapshotting).
+    pub fn memory(&self) -> &GuestMemoryMmap {
+        &self.memory
+    }
+}
+
+/// A VM whose vCPUs are running.
+pub struct RunningVm {
+    _vm_fd: VmFd,
+    _memory: GuestMemoryMmap,
+    threads: Vec<JoinHandle<()>>,
+    exit: Arc<ExitSignal>,
+    serial: Arc<Mutex<SerialDevice>>,
+}
+
+impl RunningVm {
+    fn new(
+        vm_fd: VmFd,
+        memory: GuestMemoryMmap,
+        threads: Vec<JoinHandle<()>>,
+        ctx: VcpuContext,
+        serial: Arc<Mutex<SerialDevice>>,
+    ) -> Self {
+        RunningVm {
+            _vm_fd: vm_fd,
+            _memory: memory,
+            threads,
+            exit: ctx.exit,
+            serial,
+        }
+    }
+
+    /// Where the VM's end is reported; other threads may request a stop here.
+    pub fn exit_signal(&self) -> Arc<ExitSignal> {
+        self.exit.clone()
+    }
+
+    /// The COM1 UART, for feeding it console input.
+    pub fn serial(&self) -> Arc<Mutex<SerialDevice>> {
+        self.serial.clone()
+    }
+
+    /// Waits until something requests an exit, stops and joins every vCPU
+    /// thread, and returns the reason.
+    pub fn wait(self) -> ExitReason {
+        let fd = self.exit.eventfd().as_raw_fd();
+        while !self.exit.is_set() {
+            let mut pfd = libc::pollfd {
+                fd,
+                events: libc::POLLIN,
+                revents: 0,
+            };
+            // SAFETY: `pfd` is a valid pollfd for the duration of the call
+            // and the count matches.
+            unsafe { libc::poll(&mut pfd, 1, 1000) };
+        }
+        for handle in self.threads {
+            // A kick can arrive just before the thread enters KVM_RUN and be
+            // lost, so kick until the thread has finished.
+            while !handle.is_finished() {
+                if let Err(e) = handle.kill(vcpu::vcpu_kick_signal()) {
+                    log::debug!("kicking a vCPU failed: {e}");
+                }
+                std::thread::sleep(Duration::from_millis(1));
+            }
+            if handle.join().is_err() {
+                log::error!("a vCPU thread panicked");
+            }
+        }
+        self.exit.reason().unwrap_or(ExitReason::UserStop)
+    }
+}
