@@ -76,11 +76,7 @@ fn run(args: RunArgs) -> ExitCode {
         Ok(vm) => vm,
         Err(e) => return fail(&e.to_string()),
     };
-    if let Some(warning) = host
-        .flavour
-        .warning()
-        .filter(|_| is_linux_guest(&cfg.kernel))
-    {
+    if let Some(warning) = host.flavour.warning().filter(|_| vm.guest_is_linux()) {
         eprintln!("{warning}");
     }
     let running = match vm.start() {
@@ -125,19 +121,4 @@ fn default_guest(args: &RunArgs) -> Result<(PathBuf, Option<PathBuf>), String> {
     let dir = assets::default_cache_dir();
     let a = assets::ensure(&dir).map_err(|e| format!("cannot prepare the default guest: {e}"))?;
     Ok((a.kernel, Some(args.initrd.clone().unwrap_or(a.initrd))))
-}
-
-/// Whether the kernel file looks like Linux (bzImage with a version string).
-fn is_linux_guest(kernel: &std::path::Path) -> bool {
-    let mut header = [0u8; 0x210];
-    let Ok(mut f) = std::fs::File::open(kernel) else {
-        return false;
-    };
-    use std::io::Read;
-    if f.read_exact(&mut header).is_err() {
-        return false;
-    }
-    let bz =
-        &header[0x202..0x206] == b"HdrS" && u16::from_le_bytes([header[0x20e], header[0x20f]]) != 0;
-    bz || &header[..4] == b"\x7fELF"
 }

@@ -180,6 +180,7 @@ pub fn build(
         vcpus,
         ctx: VcpuContext { pio, mmio, exit },
         serial,
+        guest_is_linux: kernel.is_linux,
     })
 }
 

@@ -33,9 +33,15 @@ pub struct Vm {
     pub(crate) vcpus: Vec<VcpuFd>,
     pub(crate) ctx: VcpuContext,
     pub(crate) serial: Arc<Mutex<SerialDevice>>,
+    pub(crate) guest_is_linux: bool,
 }
 
 impl Vm {
+    /// Whether the kernel is Linux (so Linux-specific advice applies).
+    pub fn guest_is_linux(&self) -> bool {
+        self.guest_is_linux
+    }
+
     /// Starts every vCPU.
     pub fn start(self) -> Result<RunningVm, VmError> {
         vcpu::install_kick_handler().map_err(VmError::KickHandler)?;

@@ -107,11 +107,11 @@ pub(super) fn build(dsdt_addr: u64) -> Vec<u8> {
     fadt.sleep_control_reg = io_byte_register(layout::ACPI_SLEEP_CONTROL_PORT);
     fadt.sleep_status_reg = io_byte_register(layout::ACPI_SLEEP_STATUS_PORT);
     fadt.hypervisor_vendor_identity = u64::from_le_bytes(HYPERVISOR_VENDOR).into();
+    // The spec ignores CENTURY on hardware-reduced platforms, but Linux's
+    // rtc-cmos still reads it, and our CMOS RTC keeps the century there.
+    fadt.century = crate::devices::rtc::CENTURY as u8;
     // Left zero on purpose: PREFERRED_PM_PROFILE (unspecified), FACS
-    // pointers (no FACS), every legacy PM/GPE block, and CENTURY. CENTURY
-    // is ignored on hardware-reduced platforms by the spec, but Linux's
-    // rtc-cmos still reads it: 0 means "no century register", so years
-    // 00-69 read back as 20xx.
+    // pointers (no FACS) and every legacy PM/GPE block.
     aml_bytes(&fadt.finalize())
 }
 

@@ -1,0 +1,245 @@
+//! `utsuwa-bench`: benchmarks utsuwa against QEMU microvm on the same test
+//! guest and writes the results as Markdown and JSON.
+//!
+//! ```text
+//! cargo run --release -p utsuwa-bench -- [boot] [--runs N] [--out DIR]
+//!     [--memory-runs N] [--timeout SECS] [--utsuwa PATH] [--qemu PATH | --no-qemu]
+//!     [--probe-elf PATH]
+//! ```
+//!
+//! This file: arguments, the binaries and guest to use, the environment
+//! the report records, and printing. One module per benchmark (`boot`).
+
+mod boot;
+mod guest;
+mod proc;
+mod report;
+mod stats;
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, ExitCode, Stdio};
+use std::time::Duration;
+
+const USAGE: &str = "\
+usage: utsuwa-bench [boot] [OPTIONS]
+
+Benchmarks:
+  boot                 time to the guest's first line and to exit, and VMM memory (default)
+
+Options:
+  --runs N             timed runs per case and VMM (default 20)
+  --memory-runs N      memory runs per case and VMM (default 3)
+  --timeout SECS       limit per run; the VMM is killed after it (default 30)
+  --out DIR            where to write BENCH.md and BENCH.json (default bench/results)
+  --utsuwa PATH        utsuwa binary (default target/release/utsuwa, built if missing)
+  --qemu PATH          QEMU binary (default qemu-system-x86_64 on PATH)
+  --no-qemu            measure utsuwa only
+  --probe-elf PATH     guest ELF to boot (default: build guests/probe)";
+
+struct Args {
+    benches: Vec<String>,
+    runs: usize,
+    memory_runs: usize,
+    timeout: u64,
+    out: Option<PathBuf>,
+    utsuwa: Option<PathBuf>,
+    qemu: Option<PathBuf>,
+    no_qemu: bool,
+    probe_elf: Option<PathBuf>,
+}
+
+fn parse_args(mut it: impl Iterator<Item = String>) -> Result<Args, String> {
+    let mut a = Args {
+        benches: vec![],
+        runs: 20,
+        memory_runs: 3,
+        timeout: 30,
+        out: None,
+        utsuwa: None,
+        qemu: None,
+        no_qemu: false,
+        probe_elf: None,
+    };
+    let number = |flag: &str, v: Option<String>| -> Result<usize, String> {
+        let v = v.ok_or_else(|| format!("{flag} needs a value"))?;
+        v.parse().map_err(|_| format!("{flag}: not a number: '{v}'"))
+    };
+    while let Some(arg) = it.next() {
+        match arg.as_str() {
+            "boot" => a.benches.push(arg),
+            "--runs" => a.runs = number("--runs", it.next())?,
+            "--memory-runs" => a.memory_runs = number("--memory-runs", it.next())?,
+            "--timeout" => a.timeout = number("--timeout", it.next())? as u64,
+            "--out" => a.out = Some(it.next().ok_or("--out needs a directory")?.into()),
+            "--utsuwa" => a.utsuwa = Some(it.next().ok_or("--utsuwa needs a path")?.into()),
+            "--qemu" => a.qemu = Some(it.next().ok_or("--qemu needs a path")?.into()),
+            "--no-qemu" => a.no_qemu = true,
+            "--probe-elf" => a.probe_elf = Some(it.next().ok_or("--probe-elf needs a path")?.into()),
+            "-h" | "--help" => return Err(USAGE.into()),
+            other => return Err(format!("unknown argument '{other}'\n{USAGE}")),
+        }
+    }
+    if a.runs == 0 || a.timeout == 0 {
+        return Err("--runs and --timeout must be at least 1".into());
+    }
+    if a.benches.is_empty() {
+        a.benches.push("boot".into());
+    }
+    Ok(a)
+}
+
+fn main() -> ExitCode {
+    match real_main() {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("utsuwa-bench: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn real_main() -> Result<(), String> {
+    let args = parse_args(std::env::args().skip(1))?;
+    let root = workspace_root();
+    let utsuwa = utsuwa_binary(&root, args.utsuwa.clone())?;
+    let mut notes = Vec::new();
+    let qemu = if args.no_qemu {
+        notes.push("QEMU left out (--no-qemu): utsuwa only.".to_string());
+        None
+    } else {
+        match args.qemu.clone().or_else(|| find_on_path("qemu-system-x86_64")) {
+            Some(q) if q.exists() => Some(q),
+            _ => {
+                let msg = "qemu-system-x86_64 not found: measured utsuwa only, no ratios.";
+                eprintln!("utsuwa-bench: {msg}");
+                notes.push(msg.to_string());
+                None
+            }
+        }
+    };
+    eprintln!("[bench] guest: building guests/probe");
+    let guest = match &args.probe_elf {
+        Some(elf) => guest::from_elf(elf, &std::env::temp_dir().join("utsuwa-bench-probe.bzImage"))?,
+        None => guest::build(&root)?,
+    };
+    let out = args.out.clone().unwrap_or_else(|| root.join("bench").join("results"));
+    for bench in &args.benches {
+        match bench.as_str() {
+            "boot" => run_boot(&args, &root, &utsuwa, qemu.as_deref(), &guest, &notes, &out)?,
+            other => return Err(format!("unknown benchmark '{other}'")),
+        }
+    }
+    Ok(())
+}
+
+fn run_boot(
+    args: &Args,
+    root: &Path,
+    utsuwa: &Path,
+    qemu: Option<&Path>,
+    guest: &guest::Guest,
+    notes: &[String],
+    out: &Path,
+) -> Result<(), String> {
+    let mut vmms = vec![boot::Vmm::Utsuwa(utsuwa.to_path_buf())];
+    vmms.extend(qemu.map(|q| boot::Vmm::Qemu(q.to_path_buf())));
+    let setup = boot::Setup {
+        runs: args.runs,
+        memory_runs: args.memory_runs,
+        timeout: Duration::from_secs(args.timeout),
+        vmms,
+        elf: guest.elf.clone(),
+        bzimage: guest.bzimage.clone(),
+    };
+    let mut env = environment(root, utsuwa, qemu, guest);
+    let date = report::utc_now();
+    let series = boot::run(&setup);
+    env.push(("load average after".into(), first_line("/proc/loadavg")));
+    let ctx = boot::report::Context {
+        date,
+        runs: args.runs,
+        memory_runs: args.memory_runs,
+        timeout_s: args.timeout,
+        environment: env,
+        notes: notes.to_vec(),
+    };
+    let (md, json) = boot::report::render(&ctx, &series);
+    println!("{md}");
+    let [md_path, json_path] = report::write(out, "boot", &md, &json)?;
+    eprintln!("[boot] wrote {} and {}", md_path.display(), json_path.display());
+    Ok(())
+}
+
+/// The workspace root: this package's parent directory.
+fn workspace_root() -> PathBuf {
+    let here = Path::new(env!("CARGO_MANIFEST_DIR"));
+    here.parent().unwrap_or(here).to_path_buf()
+}
+
+/// `--utsuwa PATH`, or the release binary, built first if it is missing.
+fn utsuwa_binary(root: &Path, given: Option<PathBuf>) -> Result<PathBuf, String> {
+    if let Some(path) = given {
+        return if path.exists() { Ok(path) } else { Err(format!("--utsuwa {}: no such file", path.display())) };
+    }
+    let path = root.join("target").join("release").join("utsuwa");
+    if !path.exists() {
+        eprintln!("[bench] {} missing: cargo build --release -p utsuwa", path.display());
+        let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
+        let status = Command::new(cargo)
+            .current_dir(root)
+            .args(["build", "--release", "-p", "utsuwa"])
+            .stdin(Stdio::null())
+            .status()
+            .map_err(|e| format!("cannot run cargo: {e}"))?;
+        if !status.success() || !path.exists() {
+            return Err(format!("building utsuwa failed ({status})"));
+        }
+    }
+    Ok(path)
+}
+
+fn find_on_path(name: &str) -> Option<PathBuf> {
+    let path = std::env::var_os("PATH")?;
+    std::env::split_paths(&path).map(|d| d.join(name)).find(|p| p.is_file())
+}
+
+fn first_line(path: &str) -> String {
+    std::fs::read_to_string(path).map(|s| s.lines().next().unwrap_or("").to_string()).unwrap_or_default()
+}
+
+/// What the report records about the host, the binaries and the guest.
+fn environment(root: &Path, utsuwa: &Path, qemu: Option<&Path>, guest: &guest::Guest) -> Vec<(String, String)> {
+    let cpu = std::fs::read_to_string("/proc/cpuinfo")
+        .ok()
+        .and_then(|s| s.lines().find_map(|l| l.strip_prefix("model name")).map(|v| v.trim_start_matches([' ', '\t', ':']).to_string()))
+        .unwrap_or_default();
+    let kvm = if Path::new("/sys/module/kvm_pvm").exists() {
+        "PVM (kvm_pvm: KVM in software)"
+    } else if Path::new("/sys/module/kvm_intel").exists() || Path::new("/sys/module/kvm_amd").exists() {
+        "hardware (kvm_intel/kvm_amd)"
+    } else {
+        "unknown"
+    };
+    let cores = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(0);
+    let root_s = root.to_string_lossy();
+    let rev = proc::output_of("git", &["-C", &root_s, "rev-parse", "--short", "HEAD"]).unwrap_or_default();
+    let dirty = proc::output_of("git", &["-C", &root_s, "status", "--porcelain", "--untracked-files=no"])
+        .is_some_and(|s| !s.is_empty());
+    let u = utsuwa.to_string_lossy();
+    let mut env: Vec<(String, String)> = vec![
+        ("host kernel".into(), first_line("/proc/sys/kernel/osrelease")),
+        ("CPU".into(), format!("{cpu} ({cores} usable)")),
+        ("KVM".into(), kvm.into()),
+        ("load average before".into(), first_line("/proc/loadavg")),
+        ("utsuwa".into(), format!("{u} ({})", proc::output_of(&u, &["--version"]).unwrap_or_default())),
+        ("utsuwa source".into(), format!("{rev}{}", if dirty { " + uncommitted changes" } else { "" })),
+    ];
+    if let Some(q) = qemu {
+        let q = q.to_string_lossy();
+        let version = proc::output_of(&q, &["--version"]).unwrap_or_default();
+        env.push(("QEMU".into(), format!("{q} ({})", version.lines().next().unwrap_or(""))));
+    }
+    env.push(("guest ELF".into(), guest.elf.display().to_string()));
+    env.push(("guest bzImage".into(), guest.bzimage.display().to_string()));
+    env
+}
