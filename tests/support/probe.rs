@@ -457,7 +457,7 @@ mod tests {
         // Nothing but the header and the hop inside the zero page: the hop sits
         // in boot_params padding (0x26c..0x290), the stub past 4 KiB.
         assert!(hop >= 0x26c && hop + 3 <= 0x290);
-        assert!(STUB >= 0x1000);
+        const { assert!(STUB >= 0x1000) };
         let stub = real_mode_stub(0x100000);
         assert_eq!(stub.len(), 0x86);
         // It ends in a far jump to 0x10:code32_start.

@@ -22,8 +22,10 @@ pub const ENTRY_LINUX32: u32 = 3;
 
 /// Where the `smp` check copies the AP trampoline (SIPI vector 0x08).
 pub const TRAMPOLINE_ADDR: u64 = 0x8000;
-/// Check-in counter (u16) the APs bump with `lock xadd`.
+/// Slot counter (u16) the APs bump with `lock xadd` to claim a slot.
 pub const AP_COUNT_ADDR: u64 = 0x8800;
+/// Check-in counter (u16) the APs bump after writing their slot.
+pub const AP_DONE_ADDR: u64 = 0x8802;
 /// One byte per checked-in AP: its initial APIC ID (CPUID.1:EBX[31:24]).
 pub const AP_IDS_ADDR: u64 = 0x8810;
 /// Number of AP slots at `AP_IDS_ADDR` (up to the end of the page).
@@ -519,9 +521,10 @@ probe_ap_trampoline:
     cpuid
     shrl $24, %ebx
     movw $1, %ax
-    lock xaddw %ax, {ap_count}
+    lock xaddw %ax, {ap_count}    /* claim a slot */
     movw %ax, %si
-    movb %bl, {ap_ids}(%si)
+    movb %bl, {ap_ids}(%si)       /* initial APIC ID */
+    lock incw {ap_done}           /* then say it is there */
 1:  hlt
     jmp 1b
 probe_ap_trampoline_end:
@@ -584,6 +587,7 @@ bcmp:
 "#,
     pd_pool_size = const PD_POOL_SIZE,
     ap_count = const AP_COUNT_ADDR,
+    ap_done = const AP_DONE_ADDR,
     ap_ids = const AP_IDS_ADDR,
     options(att_syntax)
 );

@@ -170,4 +170,6 @@ pub fn phys_write_bytes(addr: u64, data: &[u8]) {
     assert!(phys_readable(addr, len) && (addr + len <= start || addr >= end));
     // SAFETY: RAM outside the probe's image, identity-mapped (checked above).
     unsafe { core::ptr::copy_nonoverlapping(data.as_ptr(), addr as *mut u8, data.len()) }
+    // Others (APs, devices) read it after later MMIO/port writes: keep the order.
+    core::sync::atomic::fence(core::sync::atomic::Ordering::SeqCst);
 }

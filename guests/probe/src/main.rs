@@ -4,8 +4,9 @@
 //! it finds (memory map, ACPI, SMP bring-up, RTC, PCI, interrupts), prints
 //! one machine-readable line per fact on COM1 and powers off.
 //!
-//! Ring 0 is assembly only (`entry.rs`); everything here runs in ring 3 with
-//! IOPL=3, so port I/O and MMIO work directly.
+//! Ring 0 is assembly only (`entry.rs`); everything here runs in ring 3
+//! (port I/O through the gates in `hw.rs`, MMIO directly). The plan keys and
+//! the output format are specified in `guests/probe/README.md`.
 
 #![no_std]
 #![no_main]

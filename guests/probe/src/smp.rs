@@ -2,8 +2,8 @@
 //! INIT-SIPI-SIPI to the real-mode trampoline, which checks in.
 
 use crate::acpi::Acpi;
-use crate::entry::{self, AP_COUNT_ADDR, AP_IDS_ADDR, AP_IDS_MAX, TRAMPOLINE_ADDR};
-use crate::hw::{phys_bytes, phys_read_u16, phys_write_bytes};
+use crate::entry::{self, AP_COUNT_ADDR, AP_DONE_ADDR, AP_IDS_ADDR, AP_IDS_MAX, TRAMPOLINE_ADDR};
+use crate::hw::{mmio_read16, mmio_read8, phys_bytes, phys_write_bytes};
 use crate::lapic::Lapic;
 use crate::msg::Msg;
 use crate::plan::Plan;
@@ -86,18 +86,23 @@ pub fn check(acpi: &Result<Acpi, Msg>, plan: &Plan) -> Result<(), Msg> {
         time::delay_us(200);
     }
     let want = aps.len() as u16;
-    time::wait_ms(1000, || phys_read_u16(AP_COUNT_ADDR) >= want);
+    time::wait_ms(1000, || mmio_read16(AP_DONE_ADDR) >= want);
     let elapsed = time::now_us() - t0;
 
-    let count = usize::from(phys_read_u16(AP_COUNT_ADDR)).min(AP_IDS_MAX);
+    // Slots claimed (AP_COUNT) and filled (AP_DONE): list the filled ones.
+    let claimed = usize::from(mmio_read16(AP_COUNT_ADDR)).min(AP_IDS_MAX).min(crate::acpi::MAX_CPUS);
+    let done = usize::from(mmio_read16(AP_DONE_ADDR));
     let mut seen = [0u32; crate::acpi::MAX_CPUS];
-    for (i, &b) in phys_bytes(AP_IDS_ADDR, count).iter().enumerate().take(seen.len()) {
-        seen[i] = u32::from(b);
+    let mut count = 0;
+    // Volatile reads throughout: the APs write this memory behind the compiler's back.
+    for b in (0..claimed as u64).map(|i| mmio_read8(AP_IDS_ADDR + i)).filter(|&b| b != 0xff) {
+        seen[count] = u32::from(b);
+        count += 1;
     }
-    let seen = &seen[..count.min(crate::acpi::MAX_CPUS)];
+    let seen = &seen[..count];
     outln!(
         "PROBE smp online={} checked_in={} startup_us={}",
-        count + 1,
+        done + 1,
         List(seen),
         elapsed
     );
@@ -115,8 +120,8 @@ pub fn check(acpi: &Result<Acpi, Msg>, plan: &Plan) -> Result<(), Msg> {
         if n as u64 != want {
             let _ = write!(why, "MADT has {n} processors, expected {want}; ");
         }
-        if (count + 1) as u64 != want {
-            let _ = write!(why, "{} processors online, expected {want}; ", count + 1);
+        if (done + 1) as u64 != want {
+            let _ = write!(why, "{} processors online, expected {want}; ", done + 1);
         }
     }
     if why.is_empty() {
