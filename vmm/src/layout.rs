@@ -88,6 +88,16 @@ pub const PCI_CONFIG_DATA_PORT: u16 = 0xcfc;
 /// Number of IOAPIC pins KVM's in-kernel IOAPIC has.
 pub const IOAPIC_PINS: u32 = 24;
 
+// The fixed areas must not overlap: checked when the crate compiles.
+const _: () = {
+    assert!(PVH_MEMMAP_START < ZERO_PAGE_START);
+    assert!(PDE_START + 4 * 0x1000 <= CMDLINE_START);
+    assert!(CMDLINE_START + CMDLINE_MAX as u64 <= EBDA_START);
+    assert!(RSDP_START < ACPI_END && ACPI_END <= HIMEM_START);
+    assert!(PCI_MMIO32_START + PCI_MMIO32_SIZE <= PCI_ECAM_START);
+    assert!(PCI_ECAM_START + PCI_ECAM_SIZE <= IOAPIC_START);
+};
+
 /// The guest RAM regions for a machine of `mem_size` bytes: below the 32-bit
 /// hole first, the rest from 4 GiB up.
 pub fn ram_regions(mem_size: u64) -> Vec<(u64, u64)> {
@@ -116,15 +126,5 @@ mod tests {
         assert_eq!(regions, vec![(0, MMIO32_START), (RAM_64BIT_START, 1 << 30)]);
         let total: u64 = regions.iter().map(|r| r.1).sum();
         assert_eq!(total, 4 << 30);
-    }
-
-    #[test]
-    fn fixed_areas_do_not_overlap() {
-        assert!(PVH_MEMMAP_START < ZERO_PAGE_START);
-        assert!(PDE_START + 4 * 0x1000 <= CMDLINE_START);
-        assert!(CMDLINE_START + CMDLINE_MAX as u64 <= EBDA_START);
-        assert!(RSDP_START < ACPI_END && ACPI_END <= HIMEM_START);
-        assert!(PCI_MMIO32_START + PCI_MMIO32_SIZE <= PCI_ECAM_START);
-        assert!(PCI_ECAM_START + PCI_ECAM_SIZE <= IOAPIC_START);
     }
 }

@@ -173,7 +173,7 @@ fn apply_baseline(entries: &mut Vec<kvm_cpuid_entry2>) {
         }
     }
     // Subleaves of 7 beyond 0 and XSAVE components beyond AVX are dropped.
-    entries.retain(|e| !(e.function == 7 && e.index > 0) && !(e.function == 0xd && e.index > 2));
+    entries.retain(|e| !(e.function == 7 && e.index > 0 || e.function == 0xd && e.index > 2));
 }
 
 /// Bits needed to number `count` cores.

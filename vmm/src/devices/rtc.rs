@@ -121,9 +121,7 @@ impl Rtc {
 
     fn read_register(&mut self, reg: usize) -> u8 {
         // While SET is on, the guest sees what it wrote.
-        if self.ram[REG_B] & REG_B_SET != 0 && reg <= YEAR
-            || reg == CENTURY && self.ram[REG_B] & REG_B_SET != 0
-        {
+        if self.ram[REG_B] & REG_B_SET != 0 && (reg <= YEAR || reg == CENTURY) {
             return self.ram[reg];
         }
         let t = civil_from_unix(self.guest_time());
