@@ -3,7 +3,8 @@
 
 use std::path::PathBuf;
 
-use vmm::config::{parse_size, VmConfig, DEFAULT_CMDLINE, DEFAULT_MEM_SIZE};
+use vmm::config::{parse_disk, parse_size, VmConfig, DEFAULT_CMDLINE, DEFAULT_MEM_SIZE};
+use vmm::virtio::block::DiskConfig;
 use vmm::cpu::cpuid::CpuTemplate;
 
 pub const USAGE: &str = "\
@@ -22,6 +23,8 @@ Options for run:
   --cpus N                  vCPUs (default 1)
   --memory SIZE             guest RAM, e.g. 512M, 2G (default 512M)
   --cpu-template NAME       host (default) or baseline
+  --disk path=FILE[,readonly=on][,serial=ID][,cache=none]
+                            a virtio-blk disk (raw image); repeat for more
   --log-level LEVEL         error, warn (default), info, debug, trace
 
 The console is COM1 on the terminal; type Ctrl-a x to leave, Ctrl-a Ctrl-a for a literal Ctrl-a.";
@@ -45,6 +48,7 @@ pub struct RunArgs {
     pub mem_size: u64,
     pub cpu_template: CpuTemplate,
     pub log_level: log::LevelFilter,
+    pub disks: Vec<DiskConfig>,
 }
 
 impl RunArgs {
@@ -60,6 +64,7 @@ impl RunArgs {
             vcpus: self.vcpus,
             mem_size: self.mem_size,
             cpu_template: self.cpu_template,
+            disks: self.disks.clone(),
         }
     }
 }
@@ -77,6 +82,7 @@ fn parse_run(mut args: impl Iterator<Item = String>) -> Result<RunArgs, String> 
         mem_size: DEFAULT_MEM_SIZE,
         cpu_template: CpuTemplate::default(),
         log_level: log::LevelFilter::Warn,
+        disks: Vec::new(),
     };
     while let Some(arg) = args.next() {
         // Accept both "--flag value" and "--flag=value".
@@ -108,6 +114,7 @@ fn parse_run(mut args: impl Iterator<Item = String>) -> Result<RunArgs, String> 
                     return Err("--memory must be more than 0".into());
                 }
             }
+            "--disk" => run.disks.push(parse_disk(&val()?)?),
             "--cpu-template" => {
                 run.cpu_template = val()?.parse().map_err(|e| format!("--cpu-template: {e}"))?
             }

@@ -52,6 +52,9 @@ pub fn enter_raw_mode() {
     let mut raw = saved;
     // SAFETY: cfmakeraw only modifies the struct it is given.
     unsafe { libc::cfmakeraw(&mut raw) };
+    // Keep output processing: a guest that prints a bare \n (as many
+    // minimal guests do) still gets a carriage return; \r\n is unharmed.
+    raw.c_oflag |= libc::OPOST | libc::ONLCR;
     *SAVED_TERMIOS.lock().unwrap_or_else(|p| p.into_inner()) = Some(saved);
     // SAFETY: `raw` is a valid termios derived from the current settings.
     if unsafe { libc::tcsetattr(fd, libc::TCSANOW, &raw) } == 0 {

@@ -25,12 +25,16 @@ use crate::devices::rtc::Rtc;
 use crate::devices::serial::SerialDevice;
 use crate::devices::IrqLine;
 use crate::host::{Host, KvmFlavour};
-use crate::interrupts::{self, InterruptError};
+use crate::interrupts::{InterruptError, MsiRouter};
 use crate::layout;
 use crate::lifecycle::ExitSignal;
-use crate::memory::{self, MemoryError};
+use crate::memory::{self, GuestMemoryMmap, MemoryError};
 use crate::vcpu::VcpuContext;
-use crate::vm::Vm;
+use crate::virtio::block::{Block, BlockError};
+use crate::virtio::transport::{VirtioPci, BAR_SIZE};
+use crate::virtio::VirtioDevice;
+use crate::vm::{Vm, VmParts};
+use vm_allocator::{AddressAllocator, AllocPolicy};
 
 /// The most vCPUs a machine can have: the MADT uses xAPIC entries (8-bit
 /// APIC IDs) and 0xff is the broadcast ID.
@@ -64,6 +68,10 @@ pub enum BuildError {
     Bus(#[from] BusError),
     #[error(transparent)]
     Interrupts(#[from] InterruptError),
+    #[error(transparent)]
+    Disk(#[from] BlockError),
+    #[error("PCI: {0}")]
+    Pci(String),
     #[error("cannot create an interrupt line: {0}")]
     Irq(#[source] std::io::Error),
 }
@@ -83,8 +91,9 @@ pub fn build(
         });
     }
 
-    let vm_fd = host.kvm.create_vm().map_err(BuildError::CreateVm)?;
+    let vm_fd = Arc::new(host.kvm.create_vm().map_err(BuildError::CreateVm)?);
     setup_irqchip(&vm_fd)?;
+    let router = Arc::new(MsiRouter::new(vm_fd.clone())?);
 
     let mem = memory::create_guest_memory(cfg.mem_size)?;
     memory::register_with_kvm(&vm_fd, &mem)?;
@@ -152,10 +161,25 @@ pub fn build(
         8,
     )?;
     mmio.insert(
-        shared(PciConfigMmio::new(pci)),
+        shared(PciConfigMmio::new(pci.clone())),
         layout::PCI_ECAM_START,
         layout::PCI_ECAM_SIZE,
     )?;
+    let mut bars = AddressAllocator::new(layout::PCI_MMIO32_START, layout::PCI_MMIO32_SIZE)
+        .map_err(|e| BuildError::Pci(format!("BAR allocator: {e:?}")))?;
+    let mut virtio_devices = Vec::new();
+    for disk in &cfg.disks {
+        let block = Block::new(disk, u16::from(cfg.vcpus))?;
+        virtio_devices.push(add_virtio_pci(
+            Box::new(block),
+            &mut bars,
+            &mem,
+            &vm_fd,
+            &mmio,
+            &router,
+            &pci,
+        )?);
+    }
 
     // vCPUs: the CPU model for all, the entry state for the boot vCPU.
     // Application processors wait for INIT/SIPI in the in-kernel LAPIC.
@@ -175,13 +199,48 @@ pub fn build(
     }
 
     Ok(Vm {
-        vm_fd,
-        memory: mem,
+        parts: VmParts {
+            _vm_fd: vm_fd,
+            memory: mem,
+            ctx: VcpuContext { pio, mmio, exit },
+            serial,
+            virtio_devices,
+        },
         vcpus,
-        ctx: VcpuContext { pio, mmio, exit },
-        serial,
         guest_is_linux: kernel.is_linux,
     })
+}
+
+/// Puts a virtio device on the PCI bus with BAR 0 from the 32-bit window.
+fn add_virtio_pci(
+    device: Box<dyn VirtioDevice>,
+    bars: &mut AddressAllocator,
+    mem: &GuestMemoryMmap,
+    vm: &Arc<VmFd>,
+    mmio: &Arc<Bus>,
+    router: &Arc<MsiRouter>,
+    pci: &Arc<Mutex<PciBus>>,
+) -> Result<Arc<Mutex<VirtioPci>>, BuildError> {
+    let range = bars
+        .allocate(BAR_SIZE, BAR_SIZE, AllocPolicy::FirstMatch)
+        .map_err(|e| BuildError::Pci(format!("no room for another device's BAR: {e:?}")))?;
+    let bar = range.start();
+    let transport = VirtioPci::new(
+        device,
+        bar,
+        mem.clone(),
+        vm.clone(),
+        mmio.clone(),
+        router.clone(),
+    )
+    .map_err(|e| BuildError::Pci(e.to_string()))?;
+    let transport = Arc::new(Mutex::new(transport));
+    mmio.insert(transport.clone(), bar, BAR_SIZE)?;
+    pci.lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .add(transport.clone())
+        .ok_or_else(|| BuildError::Pci("all 31 PCI slots are taken".into()))?;
+    Ok(transport)
 }
 
 fn shared<D: BusDevice + 'static>(device: D) -> Arc<Mutex<dyn BusDevice>> {
@@ -195,7 +254,6 @@ fn setup_irqchip(vm: &VmFd) -> Result<(), BuildError> {
     vm.set_identity_map_address(KVM_IDENTITY_MAP_ADDRESS)
         .map_err(BuildError::Irqchip)?;
     vm.create_irq_chip().map_err(BuildError::Irqchip)?;
-    interrupts::set_routing(vm, &interrupts::legacy_routes())?;
     let pit = kvm_pit_config {
         flags: KVM_PIT_SPEAKER_DUMMY,
         ..Default::default()

@@ -3,6 +3,7 @@
 use std::path::PathBuf;
 
 use crate::cpu::cpuid::CpuTemplate;
+use crate::virtio::block::DiskConfig;
 
 /// Command line for a Linux guest when the user gives none: the console on
 /// COM1, reboot through the keyboard controller, reboot on panic.
@@ -20,6 +21,8 @@ pub struct VmConfig {
     pub vcpus: u8,
     pub mem_size: u64,
     pub cpu_template: CpuTemplate,
+    /// virtio-blk disks, in PCI slot order.
+    pub disks: Vec<DiskConfig>,
 }
 
 impl VmConfig {
@@ -31,6 +34,7 @@ impl VmConfig {
             vcpus: 1,
             mem_size: DEFAULT_MEM_SIZE,
             cpu_template: CpuTemplate::default(),
+            disks: Vec::new(),
         }
     }
 }
@@ -67,9 +71,88 @@ pub fn parse_size(text: &str) -> Result<u64, String> {
         .ok_or_else(|| format!("invalid size '{text}': too large"))
 }
 
+/// Parses a `--disk` value: `path=FILE[,readonly=on|off][,serial=ID][,cache=none]`.
+pub fn parse_disk(text: &str) -> Result<DiskConfig, String> {
+    let mut disk = DiskConfig {
+        path: PathBuf::new(),
+        read_only: false,
+        serial: None,
+        direct: false,
+    };
+    for part in text.split(',') {
+        let (key, value) = part
+            .split_once('=')
+            .ok_or_else(|| format!("--disk: expected key=value, got '{part}'"))?;
+        match key {
+            "path" => disk.path = PathBuf::from(value),
+            "readonly" => {
+                disk.read_only = on_off(value)
+                    .ok_or_else(|| format!("--disk: readonly must be on or off, got '{value}'"))?
+            }
+            "serial" if value.len() <= 20 && value.is_ascii() => {
+                disk.serial = Some(value.to_string())
+            }
+            "serial" => {
+                return Err(format!(
+                    "--disk: serial '{value}' must be at most 20 ASCII characters"
+                ))
+            }
+            "cache" => {
+                disk.direct = match value {
+                    "none" => true,
+                    "writeback" => false,
+                    _ => {
+                        return Err(format!(
+                            "--disk: cache must be none or writeback, got '{value}'"
+                        ))
+                    }
+                }
+            }
+            _ => {
+                return Err(format!(
+                    "--disk: unknown key '{key}' (expected path, readonly, serial, cache)"
+                ))
+            }
+        }
+    }
+    if disk.path.as_os_str().is_empty() {
+        return Err("--disk: path=FILE is required".into());
+    }
+    Ok(disk)
+}
+
+fn on_off(value: &str) -> Option<bool> {
+    match value {
+        "on" | "true" | "yes" => Some(true),
+        "off" | "false" | "no" => Some(false),
+        _ => None,
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn disks_parse() {
+        let d = parse_disk("path=/tmp/a.img,readonly=on,serial=ABC,cache=none").unwrap();
+        assert_eq!(d.path, PathBuf::from("/tmp/a.img"));
+        assert!(d.read_only && d.direct);
+        assert_eq!(d.serial.as_deref(), Some("ABC"));
+        let plain = parse_disk("path=x").unwrap();
+        assert!(!plain.read_only && !plain.direct && plain.serial.is_none());
+        for bad in [
+            "",
+            "readonly=on",
+            "path=x,readonly=maybe",
+            "path=x,serial=123456789012345678901",
+            "path=x,cache=fast",
+            "path=x,color=red",
+            "path",
+        ] {
+            assert!(parse_disk(bad).is_err(), "{bad}");
+        }
+    }
 
     #[test]
     fn sizes_parse() {

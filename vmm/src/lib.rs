@@ -23,5 +23,7 @@ pub mod interrupts;
 pub mod layout;
 pub mod lifecycle;
 pub mod memory;
+pub mod pci;
 pub mod vcpu;
+pub mod virtio;
 pub mod vm;

@@ -1,6 +1,6 @@
 //! A built VM and its life: start one thread per vCPU, wait for the exit
-//! signal, then stop every vCPU and join every thread before returning the
-//! reason. Nothing outlives `RunningVm::wait`.
+//! signal, then stop every vCPU and device worker and join every thread
+//! before returning the reason. Nothing outlives `RunningVm::wait`.
 
 use std::os::fd::AsRawFd;
 use std::sync::{Arc, Mutex};
@@ -14,6 +14,7 @@ use crate::devices::serial::SerialDevice;
 use crate::lifecycle::{ExitReason, ExitSignal};
 use crate::memory::GuestMemoryMmap;
 use crate::vcpu::{self, VcpuContext};
+use crate::virtio::transport::VirtioPci;
 
 /// Errors from starting a VM.
 #[derive(Debug, thiserror::Error)]
@@ -24,15 +25,22 @@ pub enum VmError {
     SpawnVcpu(u8, std::io::Error),
 }
 
+/// What a VM keeps for as long as it exists: KVM needs the VM fd and the
+/// memory its slots point into; the devices own worker threads.
+pub(crate) struct VmParts {
+    /// Never read, only kept: KVM needs the VM fd as long as the vCPUs run.
+    pub _vm_fd: Arc<VmFd>,
+    pub memory: GuestMemoryMmap,
+    pub ctx: VcpuContext,
+    pub serial: Arc<Mutex<SerialDevice>>,
+    /// Devices whose workers must be stopped when the VM ends.
+    pub virtio_devices: Vec<Arc<Mutex<VirtioPci>>>,
+}
+
 /// A VM ready to run.
 pub struct Vm {
-    // Kept alive for as long as the vCPUs run: KVM needs the VM fd and the
-    // memory the slots point into.
-    pub(crate) vm_fd: VmFd,
-    pub(crate) memory: GuestMemoryMmap,
+    pub(crate) parts: VmParts,
     pub(crate) vcpus: Vec<VcpuFd>,
-    pub(crate) ctx: VcpuContext,
-    pub(crate) serial: Arc<Mutex<SerialDevice>>,
     pub(crate) guest_is_linux: bool,
 }
 
@@ -42,23 +50,31 @@ impl Vm {
         self.guest_is_linux
     }
 
+    /// The guest's memory.
+    pub fn memory(&self) -> &GuestMemoryMmap {
+        &self.parts.memory
+    }
+
     /// Starts every vCPU.
     pub fn start(self) -> Result<RunningVm, VmError> {
         vcpu::install_kick_handler().map_err(VmError::KickHandler)?;
-        let mut threads = Vec::with_capacity(self.vcpus.len());
+        let mut running = RunningVm {
+            parts: self.parts,
+            threads: Vec::with_capacity(self.vcpus.len()),
+        };
         for (id, fd) in self.vcpus.into_iter().enumerate() {
-            let ctx = self.ctx.clone();
+            let ctx = running.parts.ctx.clone();
             let id = id as u8;
             let spawned = std::thread::Builder::new()
                 .name(format!("vcpu{id}"))
                 .spawn(move || vcpu::run(fd, id, ctx));
             match spawned {
-                Ok(handle) => threads.push(handle),
+                Ok(handle) => running.threads.push(handle),
                 Err(e) => {
                     // Stop the ones already running before reporting.
-                    let running =
-                        RunningVm::new(self.vm_fd, self.memory, threads, self.ctx, self.serial);
                     running
+                        .parts
+                        .ctx
                         .exit
                         .request(ExitReason::Error("vCPU thread creation failed".into()));
                     running.wait();
@@ -66,62 +82,33 @@ impl Vm {
                 }
             }
         }
-        Ok(RunningVm::new(
-            self.vm_fd,
-            self.memory,
-            threads,
-            self.ctx,
-            self.serial,
-        ))
-    }
-
-    /// The guest's memory (for tests and future snapshotting).
-    pub fn memory(&self) -> &GuestMemoryMmap {
-        &self.memory
+        Ok(running)
     }
 }
 
 /// A VM whose vCPUs are running.
 pub struct RunningVm {
-    _vm_fd: VmFd,
-    _memory: GuestMemoryMmap,
+    parts: VmParts,
     threads: Vec<JoinHandle<()>>,
-    exit: Arc<ExitSignal>,
-    serial: Arc<Mutex<SerialDevice>>,
 }
 
 impl RunningVm {
-    fn new(
-        vm_fd: VmFd,
-        memory: GuestMemoryMmap,
-        threads: Vec<JoinHandle<()>>,
-        ctx: VcpuContext,
-        serial: Arc<Mutex<SerialDevice>>,
-    ) -> Self {
-        RunningVm {
-            _vm_fd: vm_fd,
-            _memory: memory,
-            threads,
-            exit: ctx.exit,
-            serial,
-        }
-    }
-
     /// Where the VM's end is reported; other threads may request a stop here.
     pub fn exit_signal(&self) -> Arc<ExitSignal> {
-        self.exit.clone()
+        self.parts.ctx.exit.clone()
     }
 
     /// The COM1 UART, for feeding it console input.
     pub fn serial(&self) -> Arc<Mutex<SerialDevice>> {
-        self.serial.clone()
+        self.parts.serial.clone()
     }
 
     /// Waits until something requests an exit, stops and joins every vCPU
-    /// thread, and returns the reason.
+    /// thread and device worker, and returns the reason.
     pub fn wait(self) -> ExitReason {
-        let fd = self.exit.eventfd().as_raw_fd();
-        while !self.exit.is_set() {
+        let exit = &self.parts.ctx.exit;
+        let fd = exit.eventfd().as_raw_fd();
+        while !exit.is_set() {
             let mut pfd = libc::pollfd {
                 fd,
                 events: libc::POLLIN,
@@ -144,6 +131,9 @@ impl RunningVm {
                 log::error!("a vCPU thread panicked");
             }
         }
-        self.exit.reason().unwrap_or(ExitReason::UserStop)
+        for device in &self.parts.virtio_devices {
+            device.lock().unwrap_or_else(|p| p.into_inner()).shutdown();
+        }
+        exit.reason().unwrap_or(ExitReason::UserStop)
     }
 }

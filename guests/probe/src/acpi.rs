@@ -143,6 +143,11 @@ pub struct Acpi {
     pub s5: Option<u8>,
     /// ECAM base from a `_CBA` object in the DSDT.
     pub cba: Option<u64>,
+    /// The largest memory window below 4 GiB and the largest above, from the
+    /// address-space descriptors of the DSDT's `Name (_CRS, ResourceTemplate ...)`
+    /// objects (the PCI host bridge's windows): (base, length).
+    pub pci_mem32: Option<Window>,
+    pub pci_mem64: Option<Window>,
     /// Everything wrong found on the way (checksums, lengths...).
     pub problems: Msg,
 }
@@ -261,6 +266,8 @@ pub fn discover(boot: &Boot) -> Result<Acpi, Msg> {
         mcfg_count: 0,
         s5: None,
         cba: None,
+        pci_mem32: None,
+        pci_mem64: None,
         problems: Msg::new(),
     };
 
@@ -290,6 +297,7 @@ pub fn discover(boot: &Boot) -> Result<Acpi, Msg> {
             }
             acpi.s5 = find_s5(&t[36..]);
             acpi.cba = find_cba(&t[36..]);
+            (acpi.pci_mem32, acpi.pci_mem64) = find_mem_windows(&t[36..]);
         }
     }
     if acpi.s5.is_none() {
@@ -463,6 +471,75 @@ fn find_cba(aml: &[u8]) -> Option<u64> {
             .filter(|&i| &aml[i..i + 4] == b"_CBA" && aml[i + 5] == 0xa4)
             .find_map(|i| aml_integer(&aml[i + 6..]))
     })
+}
+
+/// A memory window: (base, length).
+pub type Window = (u64, u64);
+
+/// The bytes of `Name (_CRS, Buffer (n) { ... })` objects in AML.
+fn crs_buffers(aml: &[u8]) -> impl Iterator<Item = &[u8]> + '_ {
+    aml_names(aml, b"_CRS").filter_map(|p| {
+        if aml.get(p) != Some(&0x11) {
+            return None; // not a BufferOp (a method, say)
+        }
+        let lead = *aml.get(p + 1)?;
+        let follow = usize::from(lead >> 6);
+        let pkglen = if follow == 0 {
+            usize::from(lead & 0x3f)
+        } else {
+            (1..=follow).try_fold(usize::from(lead & 0x0f), |len, i| {
+                aml.get(p + 1 + i).map(|&b| len | usize::from(b) << (4 + 8 * (i - 1)))
+            })?
+        };
+        let body = aml.get(p + 2 + follow..p + 1 + pkglen)?;
+        // BufferSize (an integer), then the bytes.
+        let size_len = match *body.first()? {
+            0x00 | 0x01 | 0xff => 1,
+            0x0a => 2,
+            0x0b => 3,
+            0x0c => 5,
+            0x0e => 9,
+            _ => return None,
+        };
+        body.get(size_len..)
+    })
+}
+
+/// Memory windows (resource type 0) of the DWord and QWord address-space
+/// descriptors in `_CRS` buffers: the largest below 4 GiB, the largest above.
+fn find_mem_windows(aml: &[u8]) -> (Option<Window>, Option<Window>) {
+    let (mut low, mut high): (Option<Window>, Option<Window>) = (None, None);
+    for rt in crs_buffers(aml) {
+        let mut off = 0;
+        while off < rt.len() {
+            let tag = rt[off];
+            if tag & 0x80 == 0 {
+                if tag == 0x79 {
+                    break; // end tag
+                }
+                off += 1 + usize::from(tag & 7);
+                continue;
+            }
+            let Some(len) = rt.get(off + 1..off + 3).map(le16) else { break };
+            let Some(d) = rt.get(off..off + 3 + usize::from(len)) else { break };
+            let window = match (tag, d.get(3)) {
+                (0x87, Some(0)) if d.len() >= 26 => {
+                    Some((u64::from(le32(&d[10..])), u64::from(le32(&d[14..])), u64::from(le32(&d[22..]))))
+                }
+                (0x8a, Some(0)) if d.len() >= 46 => Some((le64(&d[14..]), le64(&d[22..]), le64(&d[38..]))),
+                _ => None,
+            };
+            if let Some((min, max, length)) = window {
+                let length = if length != 0 { length } else { max.wrapping_sub(min).wrapping_add(1) };
+                let slot = if min.saturating_add(length) <= 1 << 32 { &mut low } else { &mut high };
+                if length != 0 && slot.is_none_or(|(_, l)| length > l) {
+                    *slot = Some((min, length));
+                }
+            }
+            off += 3 + usize::from(len);
+        }
+    }
+    (low, high)
 }
 
 /// The `acpi` check: facts, then the verdict.

@@ -1,6 +1,6 @@
 //! Everything that runs in ring 0, in assembly: the three entry points, the
 //! probe's own GDT/TSS/IDT and identity page tables, the interrupt and
-//! exception stubs, plus the real-mode AP trampoline (copied below 1 MiB by
+//! exception stubs (including one counting stub per virtio MSI-X vector), plus the real-mode AP trampoline (copied below 1 MiB by
 //! the `smp` check) and the ring-3 memory routines the compiler expects.
 //!
 //! Ring-0 code runs through KVM's instruction emulator on PVM hosts (~1 µs
@@ -36,6 +36,8 @@ extern "C" {
     pub static probe_boot_entry: u32;
     /// EBX (PVH) or ESI/RSI (Linux) at entry: the start info / boot_params.
     pub static probe_boot_info: u64;
+    /// The probe's PML4 (entry 0 is `probe_pdpt`; ring 3 may add more for MMIO above 512 GiB).
+    pub static mut probe_pml4: [u64; 512];
     /// The probe's PDPT (ring 3 adds entries for RAM above 4 GiB).
     pub static mut probe_pdpt: [u64; 512];
     /// Page directories for RAM above 4 GiB, filled by ring 3.
@@ -55,6 +57,12 @@ extern "C" {
 
 /// Page directories in `probe_pd_pool` (each maps 1 GiB with 2 MiB pages).
 pub const PD_POOL_SIZE: usize = 28;
+
+/// First of the IDT vectors whose stubs count into `PROBE_VIRTIO_IRQS`
+/// (`virtio` gives them to MSI-X table entries).
+pub const VIRTIO_VECTOR_BASE: u32 = 0x50;
+/// How many there are (0x50..=0x6f).
+pub const VIRTIO_VECTORS: usize = 32;
 
 global_asm!(
     r#"
@@ -184,6 +192,19 @@ irq_other:
 
 irq_spurious:                     /* no EOI for the spurious vector */
     lock incl PROBE_SPURIOUS_IRQS(%rip)
+    iretq
+
+/* MSI-X vectors VIRTIO_VECTOR_BASE.. (virtio drivers): one counter each */
+    .irp i, 0,1,2,3,4,5,6,7,8,9,10,11,12,13,14,15,16,17,18,19,20,21,22,23,24,25,26,27,28,29,30,31
+irq_virtio_\i:
+    lock incl PROBE_VIRTIO_IRQS+4*\i(%rip)
+    jmp irq_eoi
+    .endr
+irq_eoi:
+    pushq %rax
+    xorl %eax, %eax
+    movabsl %eax, LAPIC_EOI
+    popq %rax
     iretq
 
 /* ---- port I/O for ring 3 ----
@@ -453,7 +474,13 @@ probe_idt:
     .endr
     gate irq_timer, 0             /* 0x40: LAPIC timer */
     gate irq_com1, 0              /* 0x41: COM1 via the IOAPIC */
-    .rept 0xff - 0x42
+    .rept 0x50 - 0x42
+    gate irq_other, 0
+    .endr
+    .irp i, 0,1,2,3,4,5,6,7,8,9,10,11,12,13,14,15,16,17,18,19,20,21,22,23,24,25,26,27,28,29,30,31
+    gate irq_virtio_\i, 0         /* 0x50..0x6f: virtio MSI-X */
+    .endr
+    .rept 0xff - 0x70
     gate irq_other, 0
     .endr
     gate irq_spurious, 0          /* 0xff: LAPIC spurious vector */

@@ -1,7 +1,8 @@
 //! `probe`: a freestanding x86-64 test guest for utsuwa, in the spirit of
 //! kvm-unit-tests. It boots through PVH or the Linux boot protocol, reads a
 //! test plan from its command line (`probe.KEY=VALUE`), checks the machine
-//! it finds (memory map, ACPI, SMP bring-up, RTC, PCI, interrupts), prints
+//! it finds (memory map, ACPI, SMP bring-up, RTC, PCI, interrupts) and, on
+//! request, drives virtio-blk disks (`blk`), prints
 //! one machine-readable line per fact on COM1 and powers off.
 //!
 //! Ring 0 is assembly only (`entry.rs`); everything here runs in ring 3
@@ -18,7 +19,9 @@ mod msg;
 #[macro_use]
 mod console;
 mod acpi;
+mod blk;
 mod boot;
+mod dma;
 mod entry;
 mod hw;
 mod irq;
@@ -30,6 +33,7 @@ mod power;
 mod rtc;
 mod smp;
 mod time;
+mod virtio;
 
 use console::Quoted;
 use msg::Msg;
@@ -130,6 +134,10 @@ pub extern "C" fn probe_main() -> ! {
             }
             Check::Pci => pci::check(&acpi, &plan),
             Check::Irq => irq::check(&acpi),
+            Check::Blk => {
+                blk::check(&boot, &acpi, &plan, &mut |name, result| tally.report(name, result));
+                continue;
+            }
         };
         tally.report(check.name(), result);
     }

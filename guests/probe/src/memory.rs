@@ -8,6 +8,7 @@ use crate::hw::image_range;
 use crate::msg::Msg;
 use crate::plan::Plan;
 use core::fmt::Write as _;
+use core::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 
 const GIB: u64 = 1 << 30;
 const PAGE_FLAGS: u64 = 0x87; // present, writable, user, 2 MiB
@@ -76,7 +77,84 @@ pub fn map_high_ram(boot: &Boot) -> HighMap {
             unmapped = map_high(r.start, end, &mut next_pd);
         }
     }
+    POOL_USED.store(next_pd, Ordering::Relaxed);
     HighMap { gib_mapped: next_pd, unmapped }
+}
+
+/// Pages of `probe_pd_pool` handed out so far (RAM above 4 GiB, then MMIO).
+static POOL_USED: AtomicUsize = AtomicUsize::new(0);
+
+/// Take a zeroed page from the pool (a PDPT or a page directory).
+fn pool_page() -> Option<*mut u64> {
+    let n = POOL_USED.load(Ordering::Relaxed);
+    if n >= PD_POOL_SIZE {
+        return None;
+    }
+    POOL_USED.store(n + 1, Ordering::Relaxed);
+    // SAFETY: pool page `n` was never handed out; only this code writes the pool.
+    let page = unsafe { (&raw mut entry::probe_pd_pool).cast::<[u64; 512]>().add(n).cast::<u64>() };
+    for i in 0..512 {
+        // SAFETY: within the 4 KiB page.
+        unsafe { page.add(i).write_volatile(0) };
+    }
+    Some(page)
+}
+
+/// Virtual addresses for device memory that cannot be identity-mapped
+/// (physical addresses from 2^47 up are not canonical): 127 TiB onwards.
+const MMIO_ALIAS_BASE: u64 = 0x7f00_0000_0000;
+static MMIO_ALIAS_NEXT: AtomicU64 = AtomicU64::new(MMIO_ALIAS_BASE);
+
+/// Map the device memory `[start, start + len)` (a BAR outside the 3-4 GiB
+/// hole) uncached and user-accessible, in 2 MiB pages, and return the
+/// virtual address of `start`: `start` itself (identity) below 2^47, else
+/// an alias from 127 TiB up. Entries that already exist are made uncached
+/// (they are not RAM, so nothing cached them). Err(address) if the
+/// page-directory pool ran out.
+pub fn map_mmio(start: u64, len: u64) -> Result<u64, u64> {
+    const PAGE: u64 = 2 << 20;
+    let first = start & !(PAGE - 1);
+    let end = start.checked_add(len).and_then(|e| e.checked_next_multiple_of(PAGE)).ok_or(start)?;
+    let va = if end <= 1 << 47 { first } else { MMIO_ALIAS_NEXT.fetch_add(end - first, Ordering::Relaxed) };
+    map_pages(va, first, end - first)?;
+    Ok(va + (start - first))
+}
+
+/// Map `len` bytes (a 2 MiB multiple) of device memory at `phys` to `virt`.
+fn map_pages(virt: u64, phys: u64, len: u64) -> Result<(), u64> {
+    const MMIO_FLAGS: u64 = 0x9f; // present, writable, user, PWT, PCD, 2 MiB
+    let mut off = 0;
+    while off < len {
+        let page = virt + off;
+        if page >= 1 << 47 {
+            return Err(phys + off);
+        }
+        let pml4 = (&raw mut entry::probe_pml4).cast::<u64>();
+        // SAFETY: index < 512 (page < 2^47); the PML4 is the probe's own.
+        let pml4e = unsafe { pml4.add((page >> 39) as usize & 511) };
+        // SAFETY: as above.
+        let mut pdpt = unsafe { pml4e.read_volatile() } & !0xfff;
+        if pdpt == 0 {
+            let p = pool_page().ok_or(phys + off)?;
+            // SAFETY: as above; a not-present -> present change needs no flush.
+            unsafe { pml4e.write_volatile(p as u64 | 0x07) };
+            pdpt = p as u64;
+        }
+        let pdpte = (pdpt as *mut u64).wrapping_add((page >> 30) as usize & 511);
+        // SAFETY: the PDPT is the probe's (image or pool), index < 512.
+        let mut pd = unsafe { pdpte.read_volatile() } & !0xfff;
+        if pd == 0 {
+            let p = pool_page().ok_or(phys + off)?;
+            // SAFETY: as above.
+            unsafe { pdpte.write_volatile(p as u64 | 0x07) };
+            pd = p as u64;
+        }
+        let pde = (pd as *mut u64).wrapping_add((page >> 21) as usize & 511);
+        // SAFETY: the page directory is the probe's, index < 512.
+        unsafe { pde.write_volatile((phys + off) | MMIO_FLAGS) };
+        off += 2 << 20;
+    }
+    Ok(())
 }
 
 pub fn check(boot: &Boot, plan: &Plan, high: &HighMap) -> Result<(), Msg> {

@@ -1,8 +1,9 @@
 //! The `pci` check: bus 0 through configuration mechanism #1 (0xcf8/0xcfc)
-//! and through ECAM (MCFG), which must agree when both exist.
+//! and through ECAM (MCFG), which must agree when both exist. Also the
+//! configuration-space accessor the drivers (`virtio`) use.
 
 use crate::acpi::Acpi;
-use crate::hw::{inl, mmio_read32, outl, phys_readable};
+use crate::hw::{inl, mmio_read32, mmio_write16, mmio_write32, outl, outw, phys_readable};
 use crate::msg::Msg;
 use crate::plan::Plan;
 use core::fmt::Write as _;
@@ -62,6 +63,79 @@ fn cf8_present() -> bool {
     let present = inl(0xcf8) == 0x8000_0000;
     outl(0xcf8, saved);
     present
+}
+
+/// Read/write access to bus 0's configuration space, for drivers: ECAM when
+/// the firmware names one (MCFG, else `_CBA`), else mechanism #1.
+#[derive(Clone, Copy)]
+pub enum ConfigSpace {
+    Ecam(u64),
+    Cf8,
+}
+
+impl ConfigSpace {
+    pub fn find(acpi: Option<&Acpi>) -> Option<ConfigSpace> {
+        let mcfg = acpi.and_then(|a| a.mcfg().iter().find(|m| m.segment == 0 && m.bus_start == 0).map(|m| m.base));
+        match mcfg.or_else(|| acpi.and_then(|a| a.cba)) {
+            Some(base) if phys_readable(base, 1 << 20) => Some(ConfigSpace::Ecam(base)),
+            _ => cf8_present().then_some(ConfigSpace::Cf8),
+        }
+    }
+
+    pub fn name(&self) -> &'static str {
+        match self {
+            ConfigSpace::Ecam(_) => "ecam",
+            ConfigSpace::Cf8 => "cf8",
+        }
+    }
+
+    fn ecam(base: u64, devfn: u8, reg: u16) -> u64 {
+        base + (u64::from(devfn) << 12 | u64::from(reg & 0xfff))
+    }
+
+    fn cf8_select(devfn: u8, reg: u16) {
+        outl(0xcf8, 0x8000_0000 | u32::from(devfn) << 8 | u32::from(reg & 0xfc));
+    }
+
+    pub fn read32(&self, devfn: u8, reg: u16) -> u32 {
+        match *self {
+            ConfigSpace::Ecam(b) => mmio_read32(Self::ecam(b, devfn, reg & !3)),
+            ConfigSpace::Cf8 => {
+                Self::cf8_select(devfn, reg);
+                inl(0xcfc)
+            }
+        }
+    }
+
+    pub fn read16(&self, devfn: u8, reg: u16) -> u16 {
+        (self.read32(devfn, reg) >> (8 * (reg & 2))) as u16
+    }
+
+    pub fn read8(&self, devfn: u8, reg: u16) -> u8 {
+        (self.read32(devfn, reg) >> (8 * (reg & 3))) as u8
+    }
+
+    pub fn write32(&self, devfn: u8, reg: u16, value: u32) {
+        match *self {
+            ConfigSpace::Ecam(b) => mmio_write32(Self::ecam(b, devfn, reg & !3), value),
+            ConfigSpace::Cf8 => {
+                Self::cf8_select(devfn, reg);
+                outl(0xcfc, value);
+            }
+        }
+    }
+
+    /// A 16-bit write (command register, MSI-X message control): no
+    /// read-modify-write of the neighbouring register.
+    pub fn write16(&self, devfn: u8, reg: u16, value: u16) {
+        match *self {
+            ConfigSpace::Ecam(b) => mmio_write16(Self::ecam(b, devfn, reg & !1), value),
+            ConfigSpace::Cf8 => {
+                Self::cf8_select(devfn, reg);
+                outw(0xcfc + (reg & 2), value);
+            }
+        }
+    }
 }
 
 pub fn check(acpi: &Result<Acpi, Msg>, plan: &Plan) -> Result<(), Msg> {

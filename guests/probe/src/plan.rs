@@ -12,10 +12,11 @@ pub enum Check {
     Rtc,
     Pci,
     Irq,
+    Blk,
 }
 
 /// Every check, in the order they run.
-pub const ALL_CHECKS: [Check; 7] = [
+pub const ALL_CHECKS: [Check; 8] = [
     Check::Cmdline,
     Check::Memory,
     Check::Acpi,
@@ -23,7 +24,14 @@ pub const ALL_CHECKS: [Check; 7] = [
     Check::Rtc,
     Check::Pci,
     Check::Irq,
+    Check::Blk,
 ];
+
+/// What runs by default and for `all`: the machine checks. `blk` drives
+/// devices (assigns BARs, writes disks), so it only runs when named.
+fn default_checks() -> u32 {
+    ALL_CHECKS.iter().filter(|c| **c != Check::Blk).fold(0, |m, c| m | c.bit())
+}
 
 impl Check {
     pub fn name(self) -> &'static str {
@@ -35,6 +43,7 @@ impl Check {
             Check::Rtc => "rtc",
             Check::Pci => "pci",
             Check::Irq => "irq",
+            Check::Blk => "blk",
         }
     }
 
@@ -68,6 +77,89 @@ impl Exit {
     }
 }
 
+/// The `blk` check's operations (`probe.blk_ops`), in the order they run.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+pub enum BlkOp {
+    Verify,
+    Write,
+    Ro,
+    Discard,
+    Reset,
+    Edge,
+    Bench,
+    Durable,
+}
+
+pub const BLK_OPS: [BlkOp; 8] =
+    [BlkOp::Verify, BlkOp::Write, BlkOp::Ro, BlkOp::Discard, BlkOp::Reset, BlkOp::Edge, BlkOp::Bench, BlkOp::Durable];
+
+impl BlkOp {
+    pub fn name(self) -> &'static str {
+        match self {
+            BlkOp::Verify => "verify",
+            BlkOp::Write => "write",
+            BlkOp::Ro => "ro",
+            BlkOp::Discard => "discard",
+            BlkOp::Reset => "reset",
+            BlkOp::Edge => "edge",
+            BlkOp::Bench => "bench",
+            BlkOp::Durable => "durable",
+        }
+    }
+
+    fn bit(self) -> u32 {
+        1 << (self as u32)
+    }
+}
+
+/// The `blk` check's parameters (`probe.blk_*`).
+pub struct BlkPlan {
+    ops: u32,
+    /// Interrupts (MSI-X) rather than polling the used rings.
+    pub msix: bool,
+    /// Expected number of virtio-blk functions.
+    pub disks: Option<u64>,
+    /// Run the operations on this disk (index in bus order) only.
+    pub disk: Option<u64>,
+    pub seed: u64,
+    pub verify_sectors: Option<u64>,
+    pub write_seed: u64,
+    pub write_lba: u64,
+    pub write_mib: u64,
+    pub discard_lba: u64,
+    pub discard_sectors: u64,
+    pub discard_zeroes: bool,
+    pub qd: u64,
+    pub req_kib: u64,
+    pub queues: Option<u64>,
+    pub bench_mib: u64,
+    pub bench_ios: u64,
+}
+
+impl BlkPlan {
+    pub fn runs(&self, op: BlkOp) -> bool {
+        self.ops & op.bit() != 0
+    }
+}
+
+/// `BlkPlan` operations, comma-separated ("none" if none).
+pub struct BlkOps<'a>(pub &'a BlkPlan);
+
+impl core::fmt::Display for BlkOps<'_> {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        let mut first = true;
+        for op in BLK_OPS.iter().filter(|o| self.0.runs(**o)) {
+            f.write_str(if first { "" } else { "," })?;
+            f.write_str(op.name())?;
+            first = false;
+        }
+        if first {
+            f.write_str("none")?;
+        }
+        Ok(())
+    }
+}
+
 pub struct Plan {
     checks: u32,
     pub cpus: Option<u64>,
@@ -79,6 +171,7 @@ pub struct Plan {
     /// Expected FNV-1a-64 of the command line bytes before the token, and
     /// the token's byte offset.
     pub cmdline_fnv: Option<(u64, usize)>,
+    pub blk: BlkPlan,
     /// Unknown keys and bad values: they fail the `plan` pseudo-check.
     pub errors: Msg,
 }
@@ -91,7 +184,7 @@ impl Plan {
 
 pub fn parse(cmdline: &[u8]) -> Plan {
     let mut plan = Plan {
-        checks: ALL_CHECKS.iter().fold(0, |m, c| m | c.bit()),
+        checks: default_checks(),
         cpus: None,
         mem_mib: None,
         rtc: None,
@@ -99,6 +192,25 @@ pub fn parse(cmdline: &[u8]) -> Plan {
         exit: Exit::Poweroff,
         cmdline_len: None,
         cmdline_fnv: None,
+        blk: BlkPlan {
+            ops: 0,
+            msix: true,
+            disks: None,
+            disk: None,
+            seed: 1,
+            verify_sectors: None,
+            write_seed: 2,
+            write_lba: 0,
+            write_mib: 1,
+            discard_lba: 2048,
+            discard_sectors: 2048,
+            discard_zeroes: false,
+            qd: 16,
+            req_kib: 64,
+            queues: None,
+            bench_mib: 0,
+            bench_ios: 10_000,
+        },
         errors: Msg::new(),
     };
     let mut pos = 0;
@@ -131,7 +243,7 @@ fn apply(plan: &mut Plan, key: &[u8], value: &[u8], offset: usize) -> bool {
             if value != b"none" && !value.is_empty() {
                 for name in value.split(|&b| b == b',') {
                     match (name, Check::from_name(name)) {
-                        (b"all", _) => mask |= ALL_CHECKS.iter().fold(0, |m, c| m | c.bit()),
+                        (b"all", _) => mask |= default_checks(),
                         (_, Some(c)) => mask |= c.bit(),
                         (_, None) => return false,
                     }
@@ -148,6 +260,58 @@ fn apply(plan: &mut Plan, key: &[u8], value: &[u8], offset: usize) -> bool {
             Some(h) if value.len() == 16 => plan.cmdline_fnv = Some((h, offset)),
             _ => return false,
         },
+        b"blk_ops" => {
+            let mut mask = 0;
+            if value != b"none" && !value.is_empty() {
+                for name in value.split(|&b| b == b',') {
+                    match BLK_OPS.iter().find(|o| o.name().as_bytes() == name) {
+                        Some(op) => mask |= op.bit(),
+                        None => return false,
+                    }
+                }
+            }
+            plan.blk.ops = mask | (plan.blk.ops & BlkOp::Bench.bit());
+        }
+        b"blk_irq" => {
+            plan.blk.msix = match value {
+                b"msix" => true,
+                b"poll" => false,
+                _ => return false,
+            }
+        }
+        b"blk_disks" => return set(&mut plan.blk.disks, parse_num(value)),
+        b"blk_disk" if value == b"all" => plan.blk.disk = None,
+        b"blk_disk" => return set(&mut plan.blk.disk, parse_num(value)),
+        b"blk_seed" => return set_num(&mut plan.blk.seed, value, 0, u64::MAX),
+        b"blk_verify_sectors" => return set(&mut plan.blk.verify_sectors, parse_num(value)),
+        b"blk_write_seed" => return set_num(&mut plan.blk.write_seed, value, 0, u64::MAX),
+        b"blk_write_lba" => return set_num(&mut plan.blk.write_lba, value, 0, u64::MAX >> 10),
+        b"blk_write_mib" => return set_num(&mut plan.blk.write_mib, value, 1, 1 << 20),
+        b"blk_discard_lba" => return set_num(&mut plan.blk.discard_lba, value, 0, u64::MAX >> 10),
+        b"blk_discard_sectors" => return set_num(&mut plan.blk.discard_sectors, value, 2, 1 << 31),
+        b"blk_discard_zeroes" => {
+            plan.blk.discard_zeroes = match value {
+                b"1" => true,
+                b"0" => false,
+                _ => return false,
+            }
+        }
+        b"blk_qd" => return set_num(&mut plan.blk.qd, value, 1, 128),
+        b"blk_req_kib" => return set_num(&mut plan.blk.req_kib, value, 1, 1024),
+        b"blk_queues" => match parse_num(value) {
+            Some(n @ 1..=8) => plan.blk.queues = Some(n),
+            _ => return false,
+        },
+        b"blk_bench" => {
+            if !set_num(&mut plan.blk.bench_mib, value, 0, 1 << 20) {
+                return false;
+            }
+            plan.blk.ops &= !BlkOp::Bench.bit();
+            if plan.blk.bench_mib != 0 {
+                plan.blk.ops |= BlkOp::Bench.bit();
+            }
+        }
+        b"blk_bench_ios" => return set_num(&mut plan.blk.bench_ios, value, 1, 1 << 32),
         b"exit" => {
             plan.exit = match value {
                 b"poweroff" => Exit::Poweroff,
@@ -166,6 +330,25 @@ fn apply(plan: &mut Plan, key: &[u8], value: &[u8], offset: usize) -> bool {
 fn set(slot: &mut Option<u64>, value: Option<u64>) -> bool {
     *slot = value;
     value.is_some()
+}
+
+/// `*slot = value` if it parses (decimal or 0x-hex) within `min..=max`.
+fn set_num(slot: &mut u64, value: &[u8], min: u64, max: u64) -> bool {
+    match parse_num(value) {
+        Some(v) if (min..=max).contains(&v) => {
+            *slot = v;
+            true
+        }
+        _ => false,
+    }
+}
+
+/// Decimal, or hexadecimal with a `0x` prefix.
+pub fn parse_num(s: &[u8]) -> Option<u64> {
+    match s.strip_prefix(b"0x") {
+        Some(hex) => parse_hex(hex),
+        None => parse_dec(s),
+    }
 }
 
 pub fn parse_dec(s: &[u8]) -> Option<u64> {
