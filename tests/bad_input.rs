@@ -28,6 +28,7 @@ fn tiny_bzimage() -> Vec<u8> {
     img[0x211] = 1; // loadflags: LOADED_HIGH
     img[0x214..0x218].copy_from_slice(&0x10_0000u32.to_le_bytes());
     img[0x236..0x238].copy_from_slice(&1u16.to_le_bytes()); // XLF_KERNEL_64
+    img[0x238..0x23c].copy_from_slice(&2047u32.to_le_bytes()); // cmdline_size
     img
 }
 
@@ -100,6 +101,28 @@ fn initrd_larger_than_memory() {
         "/nonexistent/initrd",
     ]);
     assert_one_line_error(&out, "/nonexistent/initrd");
+}
+
+#[test]
+fn command_line_longer_than_the_kernel_takes() {
+    let kernel = scratch("tiny-bzimage-cmdline", &tiny_bzimage());
+    let long = "x".repeat(3000);
+    let out = utsuwa_run(&["--kernel", kernel.to_str().unwrap(), "--cmdline", &long]);
+    assert_one_line_error(&out, "at most 2047");
+    let out = utsuwa_run(&["--kernel", kernel.to_str().unwrap(), "--cmdline", &"y".repeat(5000)]);
+    assert_one_line_error(&out, "command line");
+}
+
+#[test]
+fn missing_and_misshapen_disks() {
+    let kernel = scratch("tiny-bzimage-disk", &tiny_bzimage());
+    let k = kernel.to_str().unwrap();
+    assert_one_line_error(&utsuwa_run(&["--kernel", k, "--disk", "path=/nonexistent/disk.img"]), "/nonexistent/disk.img");
+    let odd = scratch("odd.img", &[0u8; 1000]);
+    let odd_arg = format!("path={}", odd.display());
+    assert_one_line_error(&utsuwa_run(&["--kernel", k, "--disk", &odd_arg]), "512");
+    assert_one_line_error(&utsuwa_run(&["--kernel", k, "--disk", "readonly=on"]), "--disk");
+    assert_one_line_error(&utsuwa_run(&["--kernel", k, "--disk", "path=x,cache=fast"]), "--disk");
 }
 
 #[test]

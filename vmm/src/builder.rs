@@ -115,7 +115,7 @@ pub fn build(
     };
     let pvm = host.flavour == KvmFlavour::Pvm;
     let cmdline = guest_cmdline(&cfg.cmdline, pvm && kernel.is_linux);
-    boot::load_cmdline(&mem, &cmdline)?;
+    boot::load_cmdline(&mem, &cmdline, header.as_ref())?;
 
     // Firmware tables and the boot protocol's data.
     let rsdp = acpi::create_acpi_tables(
@@ -156,7 +156,7 @@ pub fn build(
     )?;
     let pci = Arc::new(Mutex::new(PciBus::new()));
     pio.insert(
-        shared(PciConfigIo::new(pci.clone())),
+        shared(PciConfigIo::new(pci.clone(), exit.clone())),
         layout::PCI_CONFIG_ADDRESS_PORT as u64,
         8,
     )?;

@@ -14,6 +14,8 @@ pub enum ResetSource {
     Keyboard,
     /// The FADT reset register.
     Acpi,
+    /// The reset control register at port 0xcf9.
+    ResetControl,
     /// A triple fault (KVM_EXIT_SHUTDOWN).
     TripleFault,
     /// KVM reported a system reset event.
@@ -41,6 +43,9 @@ impl fmt::Display for ExitReason {
                 write!(f, "guest reset (i8042 keyboard controller)")
             }
             ExitReason::Reset(ResetSource::Acpi) => write!(f, "guest reset (ACPI reset register)"),
+            ExitReason::Reset(ResetSource::ResetControl) => {
+                write!(f, "guest reset (reset control register 0xcf9)")
+            }
             ExitReason::Reset(ResetSource::TripleFault) => write!(f, "guest reset (triple fault)"),
             ExitReason::Reset(ResetSource::Kvm) => write!(f, "guest reset (KVM system event)"),
             ExitReason::UserStop => write!(f, "stopped by the user"),

@@ -46,6 +46,8 @@ pub enum BootError {
     Cmdline(String),
     #[error("kernel command line is {0} bytes; at most {max} fit", max = layout::CMDLINE_MAX - 1)]
     CmdlineTooLong(usize),
+    #[error("kernel command line is {len} bytes; this kernel accepts at most {max}")]
+    CmdlineTooLongForKernel { len: usize, max: usize },
     #[error("cannot write boot information to guest memory: {0}")]
     WriteBootInfo(String),
 }
@@ -228,9 +230,24 @@ pub fn load_initrd(
 }
 
 /// Parses the user's command line and writes it to guest memory.
-pub fn load_cmdline(mem: &GuestMemoryMmap, raw: &str) -> Result<(), BootError> {
+/// `header` is the bzImage's setup header: since protocol 2.06 it says how
+/// long a command line the kernel takes.
+pub fn load_cmdline(
+    mem: &GuestMemoryMmap,
+    raw: &str,
+    header: Option<&setup_header>,
+) -> Result<(), BootError> {
     if raw.len() >= layout::CMDLINE_MAX {
         return Err(BootError::CmdlineTooLong(raw.len()));
+    }
+    if let Some(h) = header {
+        let max = h.cmdline_size as usize;
+        if h.version >= 0x0206 && raw.len() > max {
+            return Err(BootError::CmdlineTooLongForKernel {
+                len: raw.len(),
+                max,
+            });
+        }
     }
     let cmdline = Cmdline::try_from(raw, layout::CMDLINE_MAX)
         .map_err(|e| BootError::Cmdline(e.to_string()))?;
@@ -317,15 +334,24 @@ mod tests {
     #[test]
     fn cmdline_is_written_nul_terminated() {
         let mem = create_guest_memory(16 << 20).unwrap();
-        load_cmdline(&mem, "console=ttyS0 probe.x=1").unwrap();
+        load_cmdline(&mem, "console=ttyS0 probe.x=1", None).unwrap();
         let mut back = [0u8; 24];
         mem.read_slice(&mut back, GuestAddress(layout::CMDLINE_START))
             .unwrap();
         assert_eq!(&back, b"console=ttyS0 probe.x=1\0");
         let long = "x".repeat(layout::CMDLINE_MAX);
         assert!(matches!(
-            load_cmdline(&mem, &long),
+            load_cmdline(&mem, &long, None),
             Err(BootError::CmdlineTooLong(_))
+        ));
+        let header = setup_header {
+            version: 0x020f,
+            cmdline_size: 10,
+            ..Default::default()
+        };
+        assert!(matches!(
+            load_cmdline(&mem, "console=ttyS0", Some(&header)),
+            Err(BootError::CmdlineTooLongForKernel { len: 13, max: 10 })
         ));
     }
 }

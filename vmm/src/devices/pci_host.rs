@@ -7,6 +7,7 @@ use std::sync::{Arc, Mutex};
 
 use super::{le_read, le_write};
 use crate::bus::BusDevice;
+use crate::lifecycle::{ExitReason, ExitSignal, ResetSource};
 
 /// A function on the bus, as its configuration space sees it.
 pub trait PciFunction: Send {
@@ -79,15 +80,26 @@ fn valid_access(offset: usize, len: usize) -> bool {
     matches!(len, 1 | 2 | 4) && offset % len == 0
 }
 
-/// Configuration mechanism #1 on ports 0xcf8..=0xcff.
+/// Configuration mechanism #1 on ports 0xcf8..=0xcff, and the PC's reset
+/// control register, which shares the range at 0xcf9.
 pub struct PciConfigIo {
     bus: Arc<Mutex<PciBus>>,
     address: u32,
+    exit: Arc<ExitSignal>,
 }
 
+/// Offset of the reset control register (port 0xcf9) in the range.
+const RESET_CONTROL: u64 = 1;
+/// Reset control: "reset CPU" (bit 2).
+const RESET_CPU: u8 = 0x04;
+
 impl PciConfigIo {
-    pub fn new(bus: Arc<Mutex<PciBus>>) -> Self {
-        PciConfigIo { bus, address: 0 }
+    pub fn new(bus: Arc<Mutex<PciBus>>, exit: Arc<ExitSignal>) -> Self {
+        PciConfigIo {
+            bus,
+            address: 0,
+            exit,
+        }
     }
 
     /// Splits CONFIG_ADDRESS into (bus, device, function, register offset),
@@ -128,6 +140,10 @@ impl BusDevice for PciConfigIo {
     fn write(&mut self, offset: u64, data: &[u8]) {
         match offset {
             0 if data.len() == 4 => self.address = le_read(data) as u32,
+            // Linux's reboot=pci writes 0x02 then 0x06 here.
+            RESET_CONTROL if data.len() == 1 && data[0] & RESET_CPU != 0 => self
+                .exit
+                .request(ExitReason::Reset(ResetSource::ResetControl)),
             4..=7 => {
                 let off = offset as usize - 4;
                 if let Some((b, d, f, reg)) = self.target(off) {
@@ -216,7 +232,22 @@ mod tests {
     use super::*;
 
     fn io() -> PciConfigIo {
-        PciConfigIo::new(Arc::new(Mutex::new(PciBus::new())))
+        PciConfigIo::new(
+            Arc::new(Mutex::new(PciBus::new())),
+            Arc::new(ExitSignal::new().unwrap()),
+        )
+    }
+
+    #[test]
+    fn port_cf9_resets() {
+        let mut io = io();
+        io.write(RESET_CONTROL, &[0x02]);
+        assert!(!io.exit.is_set(), "0x02 only selects a hard reset");
+        io.write(RESET_CONTROL, &[0x06]);
+        assert_eq!(
+            io.exit.reason(),
+            Some(ExitReason::Reset(ResetSource::ResetControl))
+        );
     }
 
     fn select(io: &mut PciConfigIo, dev: u32, reg: u32) {
