@@ -35,7 +35,9 @@ pub fn build(root: &Path) -> Result<Guest, String> {
         .status()
         .map_err(|e| format!("cannot run cargo to build the probe guest: {e}"))?;
     if !status.success() {
-        return Err(format!("building the probe guest failed ({status}); see cargo's output above"));
+        return Err(format!(
+            "building the probe guest failed ({status}); see cargo's output above"
+        ));
     }
     let elf = target_dir.join("release").join("probe");
     from_elf(&elf, &elf.with_extension("bzImage.bench"))
@@ -46,6 +48,10 @@ pub fn from_elf(elf: &Path, bzimage: &Path) -> Result<Guest, String> {
     let bytes = std::fs::read(elf).map_err(|e| format!("cannot read {}: {e}", elf.display()))?;
     let image = image::bzimage_from_elf(&bytes)
         .map_err(|e| format!("cannot make a bzImage from {}: {e}", elf.display()))?;
-    std::fs::write(bzimage, image).map_err(|e| format!("cannot write {}: {e}", bzimage.display()))?;
-    Ok(Guest { elf: elf.to_path_buf(), bzimage: bzimage.to_path_buf() })
+    std::fs::write(bzimage, image)
+        .map_err(|e| format!("cannot write {}: {e}", bzimage.display()))?;
+    Ok(Guest {
+        elf: elf.to_path_buf(),
+        bzimage: bzimage.to_path_buf(),
+    })
 }

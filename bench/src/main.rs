@@ -48,7 +48,8 @@ struct Args {
     probe_elf: Option<PathBuf>,
 }
 
-fn parse_args(mut it: impl Iterator<Item = String>) -> Result<Args, String> {
+/// The arguments, or None when the user asked for help.
+fn parse_args(mut it: impl Iterator<Item = String>) -> Result<Option<Args>, String> {
     let mut a = Args {
         benches: vec![],
         runs: 20,
@@ -62,7 +63,8 @@ fn parse_args(mut it: impl Iterator<Item = String>) -> Result<Args, String> {
     };
     let number = |flag: &str, v: Option<String>| -> Result<usize, String> {
         let v = v.ok_or_else(|| format!("{flag} needs a value"))?;
-        v.parse().map_err(|_| format!("{flag}: not a number: '{v}'"))
+        v.parse()
+            .map_err(|_| format!("{flag}: not a number: '{v}'"))
     };
     while let Some(arg) = it.next() {
         match arg.as_str() {
@@ -74,8 +76,10 @@ fn parse_args(mut it: impl Iterator<Item = String>) -> Result<Args, String> {
             "--utsuwa" => a.utsuwa = Some(it.next().ok_or("--utsuwa needs a path")?.into()),
             "--qemu" => a.qemu = Some(it.next().ok_or("--qemu needs a path")?.into()),
             "--no-qemu" => a.no_qemu = true,
-            "--probe-elf" => a.probe_elf = Some(it.next().ok_or("--probe-elf needs a path")?.into()),
-            "-h" | "--help" => return Err(USAGE.into()),
+            "--probe-elf" => {
+                a.probe_elf = Some(it.next().ok_or("--probe-elf needs a path")?.into())
+            }
+            "-h" | "--help" => return Ok(None),
             other => return Err(format!("unknown argument '{other}'\n{USAGE}")),
         }
     }
@@ -85,7 +89,7 @@ fn parse_args(mut it: impl Iterator<Item = String>) -> Result<Args, String> {
     if a.benches.is_empty() {
         a.benches.push("boot".into());
     }
-    Ok(a)
+    Ok(Some(a))
 }
 
 fn main() -> ExitCode {
@@ -99,7 +103,10 @@ fn main() -> ExitCode {
 }
 
 fn real_main() -> Result<(), String> {
-    let args = parse_args(std::env::args().skip(1))?;
+    let Some(args) = parse_args(std::env::args().skip(1))? else {
+        println!("{USAGE}");
+        return Ok(());
+    };
     let root = workspace_root();
     let utsuwa = utsuwa_binary(&root, args.utsuwa.clone())?;
     let mut notes = Vec::new();
@@ -107,7 +114,11 @@ fn real_main() -> Result<(), String> {
         notes.push("QEMU left out (--no-qemu): utsuwa only.".to_string());
         None
     } else {
-        match args.qemu.clone().or_else(|| find_on_path("qemu-system-x86_64")) {
+        match args
+            .qemu
+            .clone()
+            .or_else(|| find_on_path("qemu-system-x86_64"))
+        {
             Some(q) if q.exists() => Some(q),
             _ => {
                 let msg = "qemu-system-x86_64 not found: measured utsuwa only, no ratios.";
@@ -117,12 +128,20 @@ fn real_main() -> Result<(), String> {
             }
         }
     };
-    eprintln!("[bench] guest: building guests/probe");
     let guest = match &args.probe_elf {
-        Some(elf) => guest::from_elf(elf, &std::env::temp_dir().join("utsuwa-bench-probe.bzImage"))?,
-        None => guest::build(&root)?,
+        Some(elf) => guest::from_elf(
+            elf,
+            &std::env::temp_dir().join("utsuwa-bench-probe.bzImage"),
+        )?,
+        None => {
+            eprintln!("[bench] building the guest (guests/probe)");
+            guest::build(&root)?
+        }
     };
-    let out = args.out.clone().unwrap_or_else(|| root.join("bench").join("results"));
+    let out = args
+        .out
+        .clone()
+        .unwrap_or_else(|| root.join("bench").join("results"));
     for bench in &args.benches {
         match bench.as_str() {
             "boot" => run_boot(&args, &root, &utsuwa, qemu.as_deref(), &guest, &notes, &out)?,
@@ -166,7 +185,11 @@ fn run_boot(
     let (md, json) = boot::report::render(&ctx, &series);
     println!("{md}");
     let [md_path, json_path] = report::write(out, "boot", &md, &json)?;
-    eprintln!("[boot] wrote {} and {}", md_path.display(), json_path.display());
+    eprintln!(
+        "[boot] wrote {} and {}",
+        md_path.display(),
+        json_path.display()
+    );
     Ok(())
 }
 
@@ -179,11 +202,18 @@ fn workspace_root() -> PathBuf {
 /// `--utsuwa PATH`, or the release binary, built first if it is missing.
 fn utsuwa_binary(root: &Path, given: Option<PathBuf>) -> Result<PathBuf, String> {
     if let Some(path) = given {
-        return if path.exists() { Ok(path) } else { Err(format!("--utsuwa {}: no such file", path.display())) };
+        return if path.exists() {
+            Ok(path)
+        } else {
+            Err(format!("--utsuwa {}: no such file", path.display()))
+        };
     }
     let path = root.join("target").join("release").join("utsuwa");
     if !path.exists() {
-        eprintln!("[bench] {} missing: cargo build --release -p utsuwa", path.display());
+        eprintln!(
+            "[bench] {} missing: cargo build --release -p utsuwa",
+            path.display()
+        );
         let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
         let status = Command::new(cargo)
             .current_dir(root)
@@ -200,44 +230,86 @@ fn utsuwa_binary(root: &Path, given: Option<PathBuf>) -> Result<PathBuf, String>
 
 fn find_on_path(name: &str) -> Option<PathBuf> {
     let path = std::env::var_os("PATH")?;
-    std::env::split_paths(&path).map(|d| d.join(name)).find(|p| p.is_file())
+    std::env::split_paths(&path)
+        .map(|d| d.join(name))
+        .find(|p| p.is_file())
 }
 
 fn first_line(path: &str) -> String {
-    std::fs::read_to_string(path).map(|s| s.lines().next().unwrap_or("").to_string()).unwrap_or_default()
+    std::fs::read_to_string(path)
+        .map(|s| s.lines().next().unwrap_or("").to_string())
+        .unwrap_or_default()
 }
 
 /// What the report records about the host, the binaries and the guest.
-fn environment(root: &Path, utsuwa: &Path, qemu: Option<&Path>, guest: &guest::Guest) -> Vec<(String, String)> {
+fn environment(
+    root: &Path,
+    utsuwa: &Path,
+    qemu: Option<&Path>,
+    guest: &guest::Guest,
+) -> Vec<(String, String)> {
     let cpu = std::fs::read_to_string("/proc/cpuinfo")
         .ok()
-        .and_then(|s| s.lines().find_map(|l| l.strip_prefix("model name")).map(|v| v.trim_start_matches([' ', '\t', ':']).to_string()))
+        .and_then(|s| {
+            s.lines()
+                .find_map(|l| l.strip_prefix("model name"))
+                .map(|v| v.trim_start_matches([' ', '\t', ':']).to_string())
+        })
         .unwrap_or_default();
     let kvm = if Path::new("/sys/module/kvm_pvm").exists() {
         "PVM (kvm_pvm: KVM in software)"
-    } else if Path::new("/sys/module/kvm_intel").exists() || Path::new("/sys/module/kvm_amd").exists() {
+    } else if Path::new("/sys/module/kvm_intel").exists()
+        || Path::new("/sys/module/kvm_amd").exists()
+    {
         "hardware (kvm_intel/kvm_amd)"
     } else {
         "unknown"
     };
-    let cores = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(0);
+    let cores = std::thread::available_parallelism()
+        .map(|n| n.get())
+        .unwrap_or(0);
     let root_s = root.to_string_lossy();
-    let rev = proc::output_of("git", &["-C", &root_s, "rev-parse", "--short", "HEAD"]).unwrap_or_default();
-    let dirty = proc::output_of("git", &["-C", &root_s, "status", "--porcelain", "--untracked-files=no"])
-        .is_some_and(|s| !s.is_empty());
+    let rev = proc::output_of("git", &["-C", &root_s, "rev-parse", "--short", "HEAD"])
+        .unwrap_or_default();
+    let dirty = proc::output_of(
+        "git",
+        &[
+            "-C",
+            &root_s,
+            "status",
+            "--porcelain",
+            "--untracked-files=no",
+        ],
+    )
+    .is_some_and(|s| !s.is_empty());
     let u = utsuwa.to_string_lossy();
     let mut env: Vec<(String, String)> = vec![
-        ("host kernel".into(), first_line("/proc/sys/kernel/osrelease")),
+        (
+            "host kernel".into(),
+            first_line("/proc/sys/kernel/osrelease"),
+        ),
         ("CPU".into(), format!("{cpu} ({cores} usable)")),
         ("KVM".into(), kvm.into()),
         ("load average before".into(), first_line("/proc/loadavg")),
-        ("utsuwa".into(), format!("{u} ({})", proc::output_of(&u, &["--version"]).unwrap_or_default())),
-        ("utsuwa source".into(), format!("{rev}{}", if dirty { " + uncommitted changes" } else { "" })),
+        (
+            "utsuwa".into(),
+            format!(
+                "{u} ({})",
+                proc::output_of(&u, &["--version"]).unwrap_or_default()
+            ),
+        ),
+        (
+            "utsuwa source".into(),
+            format!("{rev}{}", if dirty { " + uncommitted changes" } else { "" }),
+        ),
     ];
     if let Some(q) = qemu {
         let q = q.to_string_lossy();
         let version = proc::output_of(&q, &["--version"]).unwrap_or_default();
-        env.push(("QEMU".into(), format!("{q} ({})", version.lines().next().unwrap_or(""))));
+        env.push((
+            "QEMU".into(),
+            format!("{q} ({})", version.lines().next().unwrap_or("")),
+        ));
     }
     env.push(("guest ELF".into(), guest.elf.display().to_string()));
     env.push(("guest bzImage".into(), guest.bzimage.display().to_string()));

@@ -2,12 +2,14 @@
 //! just before `spawn()`, stdout lines timestamped as they arrive (read in
 //! a thread), the exit timestamped when it happens (a thread blocked in
 //! `waitid(WNOWAIT)`, so the child stays unreaped and `kill` can never hit
-//! a recycled pid), and what `/proc` says about a live process.
+//! a recycled pid), and what `/proc` says about a live process. Each child
+//! leads its own process group, and killing it kills the group, so
+//! nothing it started outlives it or holds its pipes open.
 
 use std::io::{BufRead, BufReader, Read};
+use std::os::unix::process::CommandExt;
 use std::process::{Child, Command, ExitStatus, Stdio};
 use std::sync::mpsc::{self, Receiver, RecvTimeoutError};
-use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 /// A running child and the timestamps it produces.
@@ -18,7 +20,9 @@ pub struct Timed {
     exited: Receiver<Instant>,
     /// Every stdout line seen so far, for failure reports.
     seen: Vec<String>,
-    stderr: Option<JoinHandle<String>>,
+    stderr: Receiver<String>,
+    /// Set once `Child::wait` reaped it: its pid may be reused from then on.
+    reaped: bool,
 }
 
 /// Why waiting for a line ended without it.
@@ -29,10 +33,23 @@ pub enum LineWait {
     Timeout,
 }
 
+impl LineWait {
+    /// Why the marker line never came, for a failure report.
+    pub fn no_marker(&self) -> &'static str {
+        match self {
+            LineWait::Closed => "no marker: output ended",
+            LineWait::Timeout => "no marker within the time limit: killed",
+        }
+    }
+}
+
 impl Timed {
     /// Spawns `cmd` with stdin from /dev/null and stdout and stderr piped.
     pub fn spawn(cmd: &mut Command) -> Result<Timed, String> {
-        cmd.stdin(Stdio::null()).stdout(Stdio::piped()).stderr(Stdio::piped());
+        cmd.stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .process_group(0);
         let start = Instant::now();
         let mut child = cmd
             .spawn()
@@ -58,10 +75,11 @@ impl Timed {
                 }
             }
         });
-        let stderr = std::thread::spawn(move || {
+        let (err_tx, stderr) = mpsc::channel();
+        std::thread::spawn(move || {
             let mut s = Vec::new();
             let _ = err.read_to_end(&mut s);
-            String::from_utf8_lossy(&s).into_owned()
+            let _ = err_tx.send(String::from_utf8_lossy(&s).into_owned());
         });
         let (exit_tx, exited) = mpsc::channel();
         let pid = child.id() as libc::id_t;
@@ -77,7 +95,15 @@ impl Timed {
                 let _ = exit_tx.send(now);
             }
         });
-        Ok(Timed { child, start, lines, exited, seen: Vec::new(), stderr: Some(stderr) })
+        Ok(Timed {
+            child,
+            start,
+            lines,
+            exited,
+            seen: Vec::new(),
+            stderr,
+            reaped: false,
+        })
     }
 
     pub fn pid(&self) -> u32 {
@@ -113,7 +139,9 @@ impl Timed {
         let left = deadline.saturating_duration_since(Instant::now());
         match self.exited.recv_timeout(left) {
             Ok(at) => {
-                let status = self.child.wait().map_err(|e| format!("cannot reap the child: {e}"))?;
+                let status = self
+                    .reap()
+                    .map_err(|e| format!("cannot reap the child: {e}"))?;
                 Ok((at - self.start, status))
             }
             Err(RecvTimeoutError::Timeout) => {
@@ -122,16 +150,26 @@ impl Timed {
             }
             Err(RecvTimeoutError::Disconnected) => {
                 // waitid itself failed; fall back to a plain wait.
-                let status = self.child.wait().map_err(|e| format!("cannot wait: {e}"))?;
+                let status = self.reap().map_err(|e| format!("cannot wait: {e}"))?;
                 Ok((self.start.elapsed(), status))
             }
         }
     }
 
-    /// SIGKILL and reap. Harmless if it already exited.
+    /// SIGKILL to its process group, and reap. Harmless if it exited.
     pub fn kill(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
+        if !self.reaped {
+            // SAFETY: kill has no memory-safety preconditions; the child is
+            // unreaped, so its pid (= its group id) is still ours.
+            unsafe { libc::kill(-(self.child.id() as libc::pid_t), libc::SIGKILL) };
+        }
+        let _ = self.reap();
+    }
+
+    fn reap(&mut self) -> std::io::Result<ExitStatus> {
+        let status = self.child.wait();
+        self.reaped = true;
+        status
     }
 
     /// The last stdout lines and stderr, for a failure report: kills the
@@ -142,9 +180,11 @@ impl Timed {
             self.seen.push(line);
         }
         let from = self.seen.len().saturating_sub(lines);
-        let mut tail: Vec<String> = self.seen[from..].iter().map(|l| format!("stdout: {l}")).collect();
-        if let Some(handle) = self.stderr.take() {
-            let err = handle.join().unwrap_or_default();
+        let mut tail: Vec<String> = self.seen[from..]
+            .iter()
+            .map(|l| format!("stdout: {l}"))
+            .collect();
+        if let Ok(err) = self.stderr.recv_timeout(Duration::from_secs(1)) {
             let err: Vec<&str> = err.lines().collect();
             let from = err.len().saturating_sub(lines);
             tail.extend(err[from..].iter().map(|l| format!("stderr: {l}")));
@@ -159,9 +199,7 @@ impl Timed {
 
 impl Drop for Timed {
     fn drop(&mut self) {
-        if matches!(self.child.try_wait(), Ok(None)) {
-            self.kill();
-        }
+        self.kill();
     }
 }
 
@@ -185,15 +223,25 @@ pub fn parse_smaps(text: &str) -> Vec<Mapping> {
         let mut fields = line.split_whitespace();
         let Some(first) = fields.next() else { continue };
         if let Some((lo, hi)) = first.split_once('-').filter(|_| !first.ends_with(':')) {
-            let (Ok(start), Ok(end)) = (u64::from_str_radix(lo, 16), u64::from_str_radix(hi, 16)) else {
+            let (Ok(start), Ok(end)) = (u64::from_str_radix(lo, 16), u64::from_str_radix(hi, 16))
+            else {
                 continue;
             };
             let perms = fields.next().unwrap_or("").to_string();
             // offset, device, inode, then the path (which may hold spaces).
             let path: Vec<&str> = fields.skip(3).collect();
-            maps.push(Mapping { start, end, perms, path: path.join(" "), ..Default::default() });
+            maps.push(Mapping {
+                start,
+                end,
+                perms,
+                path: path.join(" "),
+                ..Default::default()
+            });
         } else if let Some(m) = maps.last_mut() {
-            let kb = fields.next().and_then(|v| v.parse::<u64>().ok()).unwrap_or(0);
+            let kb = fields
+                .next()
+                .and_then(|v| v.parse::<u64>().ok())
+                .unwrap_or(0);
             match first {
                 "Size:" => m.size_kb = kb,
                 "Rss:" => m.rss_kb = kb,
@@ -230,15 +278,27 @@ pub fn children(pid: u32) -> Result<Vec<u32>, String> {
     let mut kids = Vec::new();
     for task in tasks.flatten() {
         let text = std::fs::read_to_string(task.path().join("children")).unwrap_or_default();
-        kids.extend(text.split_whitespace().filter_map(|p| p.parse::<u32>().ok()));
+        kids.extend(
+            text.split_whitespace()
+                .filter_map(|p| p.parse::<u32>().ok()),
+        );
     }
     Ok(kids)
 }
 
-/// Runs a command to completion and returns its trimmed stdout, or None.
+/// Runs a command (killed after 5 s) and returns its trimmed stdout if it
+/// succeeded.
 pub fn output_of(program: &str, args: &[&str]) -> Option<String> {
-    let out = Command::new(program).args(args).stdin(Stdio::null()).output().ok()?;
-    out.status.success().then(|| String::from_utf8_lossy(&out.stdout).trim().to_string())
+    let mut child = Timed::spawn(Command::new(program).args(args)).ok()?;
+    let (_, status) = child
+        .wait_exit(Instant::now() + Duration::from_secs(5))
+        .ok()?;
+    let mut out = String::new();
+    while let Ok((_, line)) = child.lines.recv_timeout(Duration::from_secs(1)) {
+        out.push_str(&line);
+        out.push('\n');
+    }
+    status.success().then(|| out.trim().to_string())
 }
 
 #[cfg(test)]
@@ -261,7 +321,10 @@ Pss:                2048 kB
         let maps = parse_smaps(text);
         assert_eq!(maps.len(), 2);
         assert_eq!(maps[0].path, "/usr/bin/some thing");
-        assert_eq!((maps[0].size_kb, maps[0].rss_kb, maps[0].pss_kb), (64, 60, 30));
+        assert_eq!(
+            (maps[0].size_kb, maps[0].rss_kb, maps[0].pss_kb),
+            (64, 60, 30)
+        );
         assert_eq!(maps[1].path, "");
         assert_eq!(maps[1].perms, "rw-p");
         assert_eq!(maps[1].end - maps[1].start, 256 << 20);

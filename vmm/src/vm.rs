@@ -118,15 +118,18 @@ impl RunningVm {
             // and the count matches.
             unsafe { libc::poll(&mut pfd, 1, 1000) };
         }
-        for handle in self.threads {
-            // A kick can arrive just before the thread enters KVM_RUN and be
-            // lost, so kick until the thread has finished.
-            while !handle.is_finished() {
+        // Kick every vCPU out of KVM_RUN, then join them. A kick can arrive
+        // just before a thread enters KVM_RUN and be lost, so kick again
+        // until each thread has finished.
+        while !self.threads.iter().all(|h| h.is_finished()) {
+            for handle in self.threads.iter().filter(|h| !h.is_finished()) {
                 if let Err(e) = handle.kill(vcpu::vcpu_kick_signal()) {
                     log::debug!("kicking a vCPU failed: {e}");
                 }
-                std::thread::sleep(Duration::from_millis(1));
             }
+            std::thread::sleep(Duration::from_micros(200));
+        }
+        for handle in self.threads {
             if handle.join().is_err() {
                 log::error!("a vCPU thread panicked");
             }

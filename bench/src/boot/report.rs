@@ -5,7 +5,9 @@
 
 use std::fmt::Write as _;
 
-use super::{mib, Image, MemSample, Series, CASES, MEM_MIB, PLAN_HALT, PLAN_POWEROFF};
+use super::{
+    mib, Image, MemSample, Series, CASES, GIVE_UP_AFTER, MEM_MIB, PLAN_HALT, PLAN_POWEROFF,
+};
 use crate::report::{table, Json};
 use crate::stats::{ratio, Summary};
 
@@ -43,12 +45,25 @@ struct Digest {
 }
 
 fn digest(s: &Series) -> Digest {
-    let pick = |f: fn(&super::Sample) -> Option<f64>| Summary::of(&s.samples.iter().filter_map(f).collect::<Vec<_>>());
-    let mut entries: Vec<&str> = s.samples.iter().filter_map(|x| x.entry.as_deref()).collect();
+    // Statistics over the successful runs only; the failed ones are counted apart.
+    let ok = || s.samples.iter().filter(|x| x.error.is_none());
+    let pick =
+        |f: fn(&super::Sample) -> Option<f64>| Summary::of(&ok().filter_map(f).collect::<Vec<_>>());
+    let mut entries: Vec<&str> = s
+        .samples
+        .iter()
+        .filter_map(|x| x.entry.as_deref())
+        .collect();
     entries.sort_unstable();
     entries.dedup();
-    let mem_ok: Vec<MemSample> = s.memory.iter().filter_map(|m| m.as_ref().ok().cloned()).collect();
-    let mem = |f: fn(&MemSample) -> u64| Summary::of(&mem_ok.iter().map(|m| mib(f(m))).collect::<Vec<_>>());
+    let mem_ok: Vec<MemSample> = s
+        .memory
+        .iter()
+        .filter_map(|m| m.as_ref().ok().cloned())
+        .collect();
+    let mem = |f: fn(&MemSample) -> u64| {
+        Summary::of(&mem_ok.iter().map(|m| mib(f(m))).collect::<Vec<_>>())
+    };
     Digest {
         marker: pick(|x| x.marker_ms),
         exit: pick(|x| x.exit_ms),
@@ -72,7 +87,11 @@ fn f2(v: Option<f64>) -> String {
 
 /// Median, min, max as three cells.
 fn cells(s: Option<Summary>) -> [String; 3] {
-    [f1(s.map(|s| s.median)), f1(s.map(|s| s.min)), f1(s.map(|s| s.max))]
+    [
+        f1(s.map(|s| s.median)),
+        f1(s.map(|s| s.min)),
+        f1(s.map(|s| s.max)),
+    ]
 }
 
 /// The report as (Markdown, JSON).
@@ -95,7 +114,11 @@ pub fn render(ctx: &Context, series: &[Series]) -> (String, Json) {
         .iter()
         .zip(&digests)
         .map(|(s, d)| {
-            let mut row = vec![s.case.name.to_string(), s.vmm.to_string(), d.entries.clone()];
+            let mut row = vec![
+                s.case.name.to_string(),
+                s.vmm.to_string(),
+                d.entries.clone(),
+            ];
             row.extend(cells(d.marker));
             row.extend(cells(d.exit));
             row.push(format!("{}/{}", d.failed, s.samples.len()));
@@ -103,19 +126,38 @@ pub fn render(ctx: &Context, series: &[Series]) -> (String, Json) {
         })
         .collect();
     md.push_str(&table(
-        &["case", "VMM", "entry", "marker median", "min", "max", "exit median", "min", "max", "failed"],
+        &[
+            "case",
+            "VMM",
+            "entry",
+            "marker median",
+            "min",
+            "max",
+            "exit median",
+            "min",
+            "max",
+            "failed",
+        ],
         &rows,
     ));
 
     let mut ratios_json = Vec::new();
     if series.iter().any(|s| s.vmm == "qemu") {
-        md.push_str("\n## utsuwa / QEMU (ratio of medians; below 1 means utsuwa is faster or smaller)\n\n");
+        md.push_str(
+            "\n## utsuwa / QEMU (ratio of medians; below 1 means utsuwa is faster or smaller)\n\n",
+        );
         let mut rows = Vec::new();
         for case in &CASES {
             let get = |vmm: &str| {
-                series.iter().zip(&digests).find(|(s, _)| s.case.name == case.name && s.vmm == vmm).map(|(_, d)| d)
+                series
+                    .iter()
+                    .zip(&digests)
+                    .find(|(s, _)| s.case.name == case.name && s.vmm == vmm)
+                    .map(|(_, d)| d)
             };
-            let (Some(u), Some(q)) = (get("utsuwa"), get("qemu")) else { continue };
+            let (Some(u), Some(q)) = (get("utsuwa"), get("qemu")) else {
+                continue;
+            };
             let med = |s: Option<Summary>| s.map(|s| s.median);
             let r = [
                 ratio(med(u.marker), med(q.marker)),
@@ -130,7 +172,10 @@ pub fn render(ctx: &Context, series: &[Series]) -> (String, Json) {
                 ("memory_overhead", Json::opt(r[2])),
             ]));
         }
-        md.push_str(&table(&["case", "to marker", "to exit", "memory overhead"], &rows));
+        md.push_str(&table(
+            &["case", "to marker", "to exit", "memory overhead"],
+            &rows,
+        ));
     }
 
     md.push_str("\n## Memory (MiB, halted guest, median over the memory runs)\n\n");
@@ -147,21 +192,39 @@ pub fn render(ctx: &Context, series: &[Series]) -> (String, Json) {
             let kids: Vec<String> = d.mem_ok.iter().map(|m| m.children.to_string()).collect();
             row.push(distinct(&threads));
             row.push(distinct(&kids));
-            row.push(format!("{}/{}", s.memory.len() - d.mem_ok.len(), s.memory.len()));
+            row.push(format!(
+                "{}/{}",
+                s.memory.len() - d.mem_ok.len(),
+                s.memory.len()
+            ));
             row
         })
         .collect();
     md.push_str(&table(
         &[
-            "case", "VMM", "VMM overhead", "min", "max", "total RSS", "total PSS", "guest RAM resident",
-            "threads", "child processes", "failed",
+            "case",
+            "VMM",
+            "VMM overhead",
+            "min",
+            "max",
+            "total RSS",
+            "total PSS",
+            "guest RAM resident",
+            "threads",
+            "child processes",
+            "failed",
         ],
         &rows,
     ));
 
-    md.push_str("\n## Reference: other VMMs, measured earlier on this machine (not by this run)\n\n");
+    md.push_str(
+        "\n## Reference: other VMMs, measured earlier on this machine (not by this run)\n\n",
+    );
     md.push_str("A tiny PVH guest, time to its first serial line and RSS not backing guest RAM; context only.\n\n");
-    let rows: Vec<Vec<String>> = REFERENCE.iter().map(|(v, t, m)| vec![v.to_string(), t.to_string(), m.to_string()]).collect();
+    let rows: Vec<Vec<String>> = REFERENCE
+        .iter()
+        .map(|(v, t, m)| vec![v.to_string(), t.to_string(), m.to_string()])
+        .collect();
     md.push_str(&table(&["VMM", "to marker", "memory overhead"], &rows));
 
     let failures: Vec<String> = failures(series);
@@ -174,7 +237,11 @@ pub fn render(ctx: &Context, series: &[Series]) -> (String, Json) {
 
     let _ = write!(md, "\n## Method\n\n{}", method());
     md.push_str("\n## Environment\n\n");
-    let rows: Vec<Vec<String>> = ctx.environment.iter().map(|(k, v)| vec![k.clone(), format!("`{v}`")]).collect();
+    let rows: Vec<Vec<String>> = ctx
+        .environment
+        .iter()
+        .map(|(k, v)| vec![k.clone(), format!("`{v}`")])
+        .collect();
     md.push_str(&table(&["what", "value"], &rows));
 
     (md, json(ctx, series, &digests, ratios_json))
@@ -185,7 +252,11 @@ fn distinct(values: &[String]) -> String {
     let mut v = values.to_vec();
     v.sort();
     v.dedup();
-    if v.is_empty() { "–".into() } else { v.join("–") }
+    if v.is_empty() {
+        "–".into()
+    } else {
+        v.join("–")
+    }
 }
 
 /// Every failed run, consecutive runs with the same error on one line.
@@ -194,19 +265,30 @@ fn failures(series: &[Series]) -> Vec<String> {
     for s in series {
         let mut runs: Vec<(usize, usize, &str)> = Vec::new();
         for x in &s.samples {
-            let Some(e) = x.error.as_deref() else { continue };
+            let Some(e) = x.error.as_deref() else {
+                continue;
+            };
             match runs.last_mut() {
                 Some((_, last, err)) if *err == e && *last + 1 == x.run => *last = x.run,
                 _ => runs.push((x.run, x.run, e)),
             }
         }
         for (first, last, e) in runs {
-            let which = if first == last { format!("run {first}") } else { format!("runs {first}–{last}") };
+            let which = if first == last {
+                format!("run {first}")
+            } else {
+                format!("runs {first}–{last}")
+            };
             out.push(format!("{which} {} {}: {e}", s.vmm, s.case.name));
         }
         for (i, m) in s.memory.iter().enumerate() {
             if let Err(e) = m {
-                out.push(format!("memory run {} {} {}: {e}", i + 1, s.vmm, s.case.name));
+                out.push(format!(
+                    "memory run {} {} {}: {e}",
+                    i + 1,
+                    s.vmm,
+                    s.case.name
+                ));
             }
         }
     }
@@ -216,12 +298,14 @@ fn failures(series: &[Series]) -> Vec<String> {
 fn method() -> String {
     format!(
         "- Cases: `pvh-*` boot the probe's ELF through its PVH note, `bzimage-1cpu` its bzImage \
-         (64-bit Linux boot protocol under utsuwa; QEMU microvm hands a bzImage to its qboot firmware, \
-         which picks the entry: the `entry` column is what the guest reported).\n\
+         (utsuwa enters it through the 64-bit Linux boot protocol; QEMU microvm's qboot firmware runs the \
+         bzImage's real-mode setup code, which enters 32-bit: the `entry` column is what the guest reported).\n\
          - Timed runs: guest plan `{PLAN_POWEROFF}`. *marker*: from just before `spawn()` to the moment \
          the reader thread got the guest's first line (`PROBE boot entry=...`) from the VMM's stdout; \
          *exit*: to the VMM's exit (observed by `waitid`), after the guest's ACPI power-off. \
-         A run with no marker, a non-zero exit or no exit within the limit is killed and counted as failed.\n\
+         A run with no marker, a non-zero exit or no exit within the limit is killed, counted as failed and \
+         listed below the tables; median, min and max are over the successful runs. After {GIVE_UP_AFTER} \
+         failures in a row a case is not run again for that VMM (its remaining runs are listed as skipped).\n\
          - Memory runs: guest plan `{PLAN_HALT}`; 200 ms after the marker `/proc/PID/smaps` is read and \
          the process killed. *VMM overhead* is `Rss` summed over every mapping except guest RAM; guest \
          RAM is the largest anonymous `rw-p` mapping(s) adding up to the guest size (utsuwa: one mmap per \
@@ -254,14 +338,24 @@ fn json(ctx: &Context, series: &[Series], digests: &[Digest], ratios: Vec<Json>)
                     ("rss_kib", Json::Num(m.rss_kb as f64)),
                     ("pss_kib", Json::Num(m.pss_kb as f64)),
                     ("guest_rss_kib", Json::Num(m.guest_rss_kb as f64)),
-                    ("guest_ram_mappings", Json::Arr(m.guest_maps.iter().map(|g| Json::str(g.as_str())).collect())),
+                    (
+                        "guest_ram_mappings",
+                        Json::Arr(m.guest_maps.iter().map(|g| Json::str(g.as_str())).collect()),
+                    ),
                     ("threads", Json::Num(m.threads as f64)),
                     ("child_processes", Json::Num(m.children as f64)),
                 ]),
             });
             Json::obj([
                 ("case", Json::str(s.case.name)),
-                ("image", Json::str(if s.case.image == Image::PvhElf { "pvh-elf" } else { "bzimage" })),
+                (
+                    "image",
+                    Json::str(if s.case.image == Image::PvhElf {
+                        "pvh-elf"
+                    } else {
+                        "bzimage"
+                    }),
+                ),
                 ("cpus", Json::Num(f64::from(s.case.cpus))),
                 ("vmm", Json::str(s.vmm)),
                 ("entry", Json::str(d.entries.as_str())),
@@ -278,7 +372,11 @@ fn json(ctx: &Context, series: &[Series], digests: &[Digest], ratios: Vec<Json>)
         })
         .collect();
     let reference = REFERENCE.iter().map(|(v, t, m)| {
-        Json::obj([("vmm", Json::str(*v)), ("to_marker", Json::str(*t)), ("memory_overhead", Json::str(*m))])
+        Json::obj([
+            ("vmm", Json::str(*v)),
+            ("to_marker", Json::str(*t)),
+            ("memory_overhead", Json::str(*m)),
+        ])
     });
     Json::obj([
         ("benchmark", Json::str("boot")),
@@ -295,10 +393,23 @@ fn json(ctx: &Context, series: &[Series], digests: &[Digest], ratios: Vec<Json>)
                 ("plan_memory", Json::str(PLAN_HALT)),
             ]),
         ),
-        ("environment", Json::obj(ctx.environment.iter().map(|(k, v)| (k.clone(), Json::str(v.as_str()))))),
-        ("notes", Json::Arr(ctx.notes.iter().map(|n| Json::str(n.as_str())).collect())),
+        (
+            "environment",
+            Json::obj(
+                ctx.environment
+                    .iter()
+                    .map(|(k, v)| (k.clone(), Json::str(v.as_str()))),
+            ),
+        ),
+        (
+            "notes",
+            Json::Arr(ctx.notes.iter().map(|n| Json::str(n.as_str())).collect()),
+        ),
         ("results", Json::Arr(results)),
         ("ratios_utsuwa_over_qemu", Json::Arr(ratios)),
-        ("reference_not_measured_here", Json::Arr(reference.collect())),
+        (
+            "reference_not_measured_here",
+            Json::Arr(reference.collect()),
+        ),
     ])
 }
