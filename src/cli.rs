@@ -3,17 +3,25 @@
 
 use std::path::PathBuf;
 
-use vmm::config::{parse_disk, parse_size, VmConfig, DEFAULT_CMDLINE, DEFAULT_MEM_SIZE};
-use vmm::virtio::block::DiskConfig;
+use vmm::config::{parse_disk, parse_net, parse_size, VmConfig, DEFAULT_CMDLINE, DEFAULT_MEM_SIZE};
 use vmm::cpu::cpuid::CpuTemplate;
+use vmm::virtio::block::DiskConfig;
+use vmm::virtio::net::NetConfig;
 
 pub const USAGE: &str = "\
 utsuwa: a small, fast virtual machine monitor for Linux KVM
 
 Usage:
   utsuwa run [OPTIONS]      boot a VM (with no --kernel: the default Debian guest, to a shell)
+  utsuwa run --config-file FILE [--api-sock PATH | --no-api]
+                            boot the VM a Firecracker-style JSON file describes
   utsuwa assets [--cache DIR]
                             fetch and build the default guest's kernel and initramfs
+  utsuwa [api] --api-sock PATH [--id ID] [--config-file FILE] [--log-level LEVEL]
+                            serve the management API (Firecracker's, HTTP on a Unix
+                            socket); the VM starts on PUT /actions InstanceStart
+  utsuwa ctl --api-sock PATH info|pause|resume|ctrl-alt-del|config|metrics
+                            ask a running utsuwa through its API
   utsuwa --version | --help
 
 Options for run:
@@ -25,6 +33,9 @@ Options for run:
   --cpu-template NAME       host (default) or baseline
   --disk path=FILE[,readonly=on][,serial=ID][,cache=none]
                             a virtio-blk disk (raw image); repeat for more
+  --net tap=NAME[,mac=MAC]  a virtio-net interface on host TAP NAME (created, and
+                            removed on exit, if it does not exist); repeat for more
+  --rng                     a virtio-rng device fed by the host's getrandom
   --log-level LEVEL         error, warn (default), info, debug, trace
 
 The console is COM1 on the terminal; type Ctrl-a x to leave, Ctrl-a Ctrl-a for a literal Ctrl-a.";
@@ -33,6 +44,8 @@ The console is COM1 on the terminal; type Ctrl-a x to leave, Ctrl-a Ctrl-a for a
 #[derive(Debug)]
 pub enum Command {
     Run(RunArgs),
+    Api(utsuwa::api::args::ApiArgs),
+    Ctl(utsuwa::api::args::CtlArgs),
     Assets { cache: Option<PathBuf> },
     Help,
     Version,
@@ -49,6 +62,8 @@ pub struct RunArgs {
     pub cpu_template: CpuTemplate,
     pub log_level: log::LevelFilter,
     pub disks: Vec<DiskConfig>,
+    pub nets: Vec<NetConfig>,
+    pub rng: bool,
 }
 
 impl RunArgs {
@@ -65,6 +80,8 @@ impl RunArgs {
             mem_size: self.mem_size,
             cpu_template: self.cpu_template,
             disks: self.disks.clone(),
+            nets: self.nets.clone(),
+            rng: self.rng,
         }
     }
 }
@@ -83,6 +100,8 @@ fn parse_run(mut args: impl Iterator<Item = String>) -> Result<RunArgs, String> 
         cpu_template: CpuTemplate::default(),
         log_level: log::LevelFilter::Warn,
         disks: Vec::new(),
+        nets: Vec::new(),
+        rng: false,
     };
     while let Some(arg) = args.next() {
         // Accept both "--flag value" and "--flag=value".
@@ -115,6 +134,9 @@ fn parse_run(mut args: impl Iterator<Item = String>) -> Result<RunArgs, String> 
                 }
             }
             "--disk" => run.disks.push(parse_disk(&val()?)?),
+            "--net" => run.nets.push(parse_net(&val()?)?),
+            "--rng" if inline.is_none() => run.rng = true,
+            "--rng" => return Err("--rng takes no value".into()),
             "--cpu-template" => {
                 run.cpu_template = val()?.parse().map_err(|e| format!("--cpu-template: {e}"))?
             }
@@ -140,7 +162,20 @@ pub fn parse(args: impl IntoIterator<Item = String>) -> Result<Command, String> 
     match args.next().as_deref() {
         None | Some("--help") | Some("-h") | Some("help") => Ok(Command::Help),
         Some("--version") | Some("-V") => Ok(Command::Version),
-        Some("run") => parse_run(args).map(Command::Run),
+        Some("run") => {
+            let rest: Vec<String> = args.collect();
+            if utsuwa::api::args::is_config_run(&rest) {
+                utsuwa::api::args::parse_run_config(rest).map(Command::Api)
+            } else {
+                parse_run(rest.into_iter()).map(Command::Run)
+            }
+        }
+        Some("api") => utsuwa::api::args::parse_api(args).map(Command::Api),
+        Some(first) if first == "--api-sock" || first.starts_with("--api-sock=") => {
+            let all = std::iter::once(first.to_string()).chain(args);
+            utsuwa::api::args::parse_api(all).map(Command::Api)
+        }
+        Some("ctl") => utsuwa::api::args::parse_ctl(args).map(Command::Ctl),
         Some("assets") => {
             let mut cache = None;
             while let Some(arg) = args.next() {
@@ -152,7 +187,7 @@ pub fn parse(args: impl IntoIterator<Item = String>) -> Result<Command, String> 
             Ok(Command::Assets { cache })
         }
         Some(other) => Err(format!(
-            "unknown command '{other}' (expected run or assets; see utsuwa --help)"
+            "unknown command '{other}' (expected run, api, ctl or assets; see utsuwa --help)"
         )),
     }
 }
@@ -187,6 +222,16 @@ mod tests {
         assert_eq!(r.kernel, Some(PathBuf::from("k")));
         assert_eq!((r.vcpus, r.mem_size), (4, 2 << 30));
         assert_eq!(r.cmdline.as_deref(), Some("a b=c"));
+        let r = run(&[
+            "--net",
+            "tap=a",
+            "--net=tap=b,mac=52:54:00:00:00:02",
+            "--rng",
+        ])
+        .unwrap();
+        assert_eq!(r.nets.len(), 2);
+        assert_eq!((r.nets[0].tap.as_str(), r.nets[1].tap.as_str()), ("a", "b"));
+        assert!(r.rng);
         let defaults = run(&[]).unwrap();
         assert_eq!(
             (defaults.vcpus, defaults.mem_size, defaults.kernel),
@@ -205,6 +250,9 @@ mod tests {
             (&["--kernel"][..], "needs a value"),
             (&["--frobnicate"][..], "unknown option"),
             (&["--cpu-template", "fast"][..], "--cpu-template"),
+            (&["--net", "mac=52:54:00:00:00:01"][..], "--net"),
+            (&["--net"][..], "needs a value"),
+            (&["--rng=on"][..], "--rng"),
         ] {
             let err = run(args).unwrap_err();
             assert!(err.contains(needle), "{args:?}: {err}");

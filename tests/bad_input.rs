@@ -109,7 +109,12 @@ fn command_line_longer_than_the_kernel_takes() {
     let long = "x".repeat(3000);
     let out = utsuwa_run(&["--kernel", kernel.to_str().unwrap(), "--cmdline", &long]);
     assert_one_line_error(&out, "at most 2047");
-    let out = utsuwa_run(&["--kernel", kernel.to_str().unwrap(), "--cmdline", &"y".repeat(5000)]);
+    let out = utsuwa_run(&[
+        "--kernel",
+        kernel.to_str().unwrap(),
+        "--cmdline",
+        &"y".repeat(5000),
+    ]);
     assert_one_line_error(&out, "command line");
 }
 
@@ -117,12 +122,21 @@ fn command_line_longer_than_the_kernel_takes() {
 fn missing_and_misshapen_disks() {
     let kernel = scratch("tiny-bzimage-disk", &tiny_bzimage());
     let k = kernel.to_str().unwrap();
-    assert_one_line_error(&utsuwa_run(&["--kernel", k, "--disk", "path=/nonexistent/disk.img"]), "/nonexistent/disk.img");
+    assert_one_line_error(
+        &utsuwa_run(&["--kernel", k, "--disk", "path=/nonexistent/disk.img"]),
+        "/nonexistent/disk.img",
+    );
     let odd = scratch("odd.img", &[0u8; 1000]);
     let odd_arg = format!("path={}", odd.display());
     assert_one_line_error(&utsuwa_run(&["--kernel", k, "--disk", &odd_arg]), "512");
-    assert_one_line_error(&utsuwa_run(&["--kernel", k, "--disk", "readonly=on"]), "--disk");
-    assert_one_line_error(&utsuwa_run(&["--kernel", k, "--disk", "path=x,cache=fast"]), "--disk");
+    assert_one_line_error(
+        &utsuwa_run(&["--kernel", k, "--disk", "readonly=on"]),
+        "--disk",
+    );
+    assert_one_line_error(
+        &utsuwa_run(&["--kernel", k, "--disk", "path=x,cache=fast"]),
+        "--disk",
+    );
 }
 
 #[test]

@@ -2,14 +2,16 @@
 //! guest and writes the results as Markdown and JSON.
 //!
 //! ```text
-//! cargo run --release -p utsuwa-bench -- [boot] [--runs N] [--out DIR]
+//! cargo run --release -p utsuwa-bench -- [boot | blk | suite] [--runs N] [--out DIR]
 //!     [--memory-runs N] [--timeout SECS] [--utsuwa PATH] [--qemu PATH | --no-qemu]
-//!     [--probe-elf PATH]
+//!     [--probe-elf PATH] [--image-dir DIR] [--callgrind-runs N | --no-callgrind]
 //! ```
 //!
 //! This file: arguments, the binaries and guest to use, the environment
-//! the report records, and printing. One module per benchmark (`boot`).
+//! the report records, and printing. One module per benchmark (`boot`,
+//! `blk`).
 
+mod blk;
 mod boot;
 mod guest;
 mod proc;
@@ -21,15 +23,21 @@ use std::process::{Command, ExitCode, Stdio};
 use std::time::Duration;
 
 const USAGE: &str = "\
-usage: utsuwa-bench [boot] [OPTIONS]
+usage: utsuwa-bench [boot | blk | suite] [OPTIONS]
 
 Benchmarks:
   boot                 time to the guest's first line and to exit, and VMM memory (default)
+  blk                  virtio-blk throughput, VMM CPU time and instructions per request
+  suite                boot, then blk
 
 Options:
-  --runs N             timed runs per case and VMM (default 20)
-  --memory-runs N      memory runs per case and VMM (default 3)
-  --timeout SECS       limit per run; the VMM is killed after it (default 30)
+  --runs N             timed runs per case and VMM (default: boot 20, blk 5)
+  --memory-runs N      boot: memory runs per case and VMM (default 3)
+  --timeout SECS       limit per run; the VMM is killed after it (default 30;
+                       runs under callgrind get 10 times as long)
+  --image-dir DIR      blk: where the disk image goes (default: the temporary directory)
+  --callgrind-runs N   blk: runs of each callgrind measurement (default 3)
+  --no-callgrind       blk: skip the callgrind measurements
   --out DIR            where to write BENCH.md and BENCH.json (default bench/results)
   --utsuwa PATH        utsuwa binary (default target/release/utsuwa, built if missing)
   --qemu PATH          QEMU binary (default qemu-system-x86_64 on PATH)
@@ -38,7 +46,8 @@ Options:
 
 struct Args {
     benches: Vec<String>,
-    runs: usize,
+    /// None: each benchmark's own default.
+    runs: Option<usize>,
     memory_runs: usize,
     timeout: u64,
     out: Option<PathBuf>,
@@ -46,13 +55,16 @@ struct Args {
     qemu: Option<PathBuf>,
     no_qemu: bool,
     probe_elf: Option<PathBuf>,
+    image_dir: Option<PathBuf>,
+    callgrind_runs: usize,
+    no_callgrind: bool,
 }
 
 /// The arguments, or None when the user asked for help.
 fn parse_args(mut it: impl Iterator<Item = String>) -> Result<Option<Args>, String> {
     let mut a = Args {
         benches: vec![],
-        runs: 20,
+        runs: None,
         memory_runs: 3,
         timeout: 30,
         out: None,
@@ -60,6 +72,9 @@ fn parse_args(mut it: impl Iterator<Item = String>) -> Result<Option<Args>, Stri
         qemu: None,
         no_qemu: false,
         probe_elf: None,
+        image_dir: None,
+        callgrind_runs: 3,
+        no_callgrind: false,
     };
     let number = |flag: &str, v: Option<String>| -> Result<usize, String> {
         let v = v.ok_or_else(|| format!("{flag} needs a value"))?;
@@ -68,8 +83,9 @@ fn parse_args(mut it: impl Iterator<Item = String>) -> Result<Option<Args>, Stri
     };
     while let Some(arg) = it.next() {
         match arg.as_str() {
-            "boot" => a.benches.push(arg),
-            "--runs" => a.runs = number("--runs", it.next())?,
+            "boot" | "blk" => a.benches.push(arg),
+            "suite" => a.benches.extend(["boot".to_string(), "blk".to_string()]),
+            "--runs" => a.runs = Some(number("--runs", it.next())?),
             "--memory-runs" => a.memory_runs = number("--memory-runs", it.next())?,
             "--timeout" => a.timeout = number("--timeout", it.next())? as u64,
             "--out" => a.out = Some(it.next().ok_or("--out needs a directory")?.into()),
@@ -79,12 +95,17 @@ fn parse_args(mut it: impl Iterator<Item = String>) -> Result<Option<Args>, Stri
             "--probe-elf" => {
                 a.probe_elf = Some(it.next().ok_or("--probe-elf needs a path")?.into())
             }
+            "--image-dir" => {
+                a.image_dir = Some(it.next().ok_or("--image-dir needs a directory")?.into())
+            }
+            "--callgrind-runs" => a.callgrind_runs = number("--callgrind-runs", it.next())?,
+            "--no-callgrind" => a.no_callgrind = true,
             "-h" | "--help" => return Ok(None),
             other => return Err(format!("unknown argument '{other}'\n{USAGE}")),
         }
     }
-    if a.runs == 0 || a.timeout == 0 {
-        return Err("--runs and --timeout must be at least 1".into());
+    if a.runs == Some(0) || a.timeout == 0 || a.callgrind_runs == 0 {
+        return Err("--runs, --timeout and --callgrind-runs must be at least 1".into());
     }
     if a.benches.is_empty() {
         a.benches.push("boot".into());
@@ -145,6 +166,7 @@ fn real_main() -> Result<(), String> {
     for bench in &args.benches {
         match bench.as_str() {
             "boot" => run_boot(&args, &root, &utsuwa, qemu.as_deref(), &guest, &notes, &out)?,
+            "blk" => run_blk(&args, &root, &utsuwa, qemu.as_deref(), &guest, &notes, &out)?,
             other => return Err(format!("unknown benchmark '{other}'")),
         }
     }
@@ -162,8 +184,9 @@ fn run_boot(
 ) -> Result<(), String> {
     let mut vmms = vec![boot::Vmm::Utsuwa(utsuwa.to_path_buf())];
     vmms.extend(qemu.map(|q| boot::Vmm::Qemu(q.to_path_buf())));
+    let runs = args.runs.unwrap_or(20);
     let setup = boot::Setup {
-        runs: args.runs,
+        runs,
         memory_runs: args.memory_runs,
         timeout: Duration::from_secs(args.timeout),
         vmms,
@@ -176,7 +199,7 @@ fn run_boot(
     env.push(("load average after".into(), first_line("/proc/loadavg")));
     let ctx = boot::report::Context {
         date,
-        runs: args.runs,
+        runs,
         memory_runs: args.memory_runs,
         timeout_s: args.timeout,
         environment: env,
@@ -187,6 +210,115 @@ fn run_boot(
     let [md_path, json_path] = report::write(out, "boot", &md, &json)?;
     eprintln!(
         "[boot] wrote {} and {}",
+        md_path.display(),
+        json_path.display()
+    );
+    Ok(())
+}
+
+fn run_blk(
+    args: &Args,
+    root: &Path,
+    utsuwa: &Path,
+    qemu: Option<&Path>,
+    guest: &guest::Guest,
+    notes: &[String],
+    out: &Path,
+) -> Result<(), String> {
+    let runs = args.runs.unwrap_or(5);
+    let base = args.image_dir.clone().unwrap_or_else(std::env::temp_dir);
+    let scratch = blk::Scratch::new(&base)?;
+    let image = scratch.0.join("disk.img");
+    if image.to_string_lossy().contains(',') {
+        return Err(format!(
+            "{}: a comma in the image path cannot be passed to --disk or -drive (use --image-dir)",
+            image.display()
+        ));
+    }
+    eprintln!(
+        "[blk] writing the {} MiB image {}",
+        blk::IMAGE_MIB,
+        image.display()
+    );
+    blk::make_image(&image, blk::IMAGE_MIB, blk::IMAGE_SEED)?;
+    let fs = blk::file_system(&scratch.0);
+    let disk = blk::HostDisk::of(&image);
+    let mut notes = notes.to_vec();
+    let mut cases = Vec::new();
+    let direct = blk::direct_io_works(&image);
+    let mut caches = vec![blk::Cache::Writeback];
+    match &direct {
+        Ok(()) => caches.push(blk::Cache::None),
+        Err(e) => notes.push(format!(
+            "cache=none left out: the image's file system ({fs}) refuses O_DIRECT ({e})."
+        )),
+    }
+    for cache in caches {
+        for irq in blk::MODES {
+            cases.push(blk::Case { cache, irq });
+        }
+    }
+    let mut vmms = vec![boot::Vmm::Utsuwa(utsuwa.to_path_buf())];
+    vmms.extend(qemu.map(|q| boot::Vmm::Qemu(q.to_path_buf())));
+    let setup = blk::Setup {
+        runs,
+        timeout: Duration::from_secs(args.timeout),
+        vmms: vmms.clone(),
+        elf: guest.elf.clone(),
+        image: image.clone(),
+        cases,
+        disk: disk.clone(),
+    };
+    let mut env = environment(root, utsuwa, qemu, guest);
+    let date = report::utc_now();
+    let series = blk::run(&setup);
+    let callgrind = if args.no_callgrind {
+        Err("left out (--no-callgrind).".to_string())
+    } else {
+        match find_on_path("valgrind") {
+            None => Err("valgrind not found (apt-get install valgrind).".to_string()),
+            Some(valgrind) => {
+                env.push((
+                    "valgrind".into(),
+                    proc::output_of(&valgrind.to_string_lossy(), &["--version"])
+                        .unwrap_or_default(),
+                ));
+                let cg = blk::callgrind::Setup {
+                    runs: args.callgrind_runs,
+                    timeout: Duration::from_secs(args.timeout * 10),
+                    valgrind,
+                    annotate: find_on_path("callgrind_annotate"),
+                    vmms: &vmms,
+                    elf: &guest.elf,
+                    image: &image,
+                    dir: &scratch.0,
+                };
+                Ok(blk::callgrind::run(&cg))
+            }
+        }
+    };
+    env.push(("load average after".into(), first_line("/proc/loadavg")));
+    let ctx = blk::report::Context {
+        date,
+        runs,
+        timeout_s: args.timeout,
+        environment: env,
+        notes,
+        image: format!(
+            "{}, file system {fs}{}",
+            image.display(),
+            disk.as_ref()
+                .map(|d| format!(" on host block device {}", d.name))
+                .unwrap_or_default()
+        ),
+        callgrind,
+        callgrind_runs: args.callgrind_runs,
+    };
+    let (md, json) = blk::report::render(&ctx, &series);
+    println!("{md}");
+    let [md_path, json_path] = report::write(out, "blk", &md, &json)?;
+    eprintln!(
+        "[blk] wrote {} and {}",
         md_path.display(),
         json_path.display()
     );

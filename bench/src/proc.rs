@@ -110,6 +110,11 @@ impl Timed {
         self.child.id()
     }
 
+    /// Every stdout line `wait_line` has taken so far, in order.
+    pub fn seen(&self) -> &[String] {
+        &self.seen
+    }
+
     /// Waits until `deadline` for a stdout line that `want` accepts;
     /// returns when it arrived (since the start) and the line.
     pub fn wait_line(
@@ -286,6 +291,88 @@ pub fn children(pid: u32) -> Result<Vec<u32>, String> {
     Ok(kids)
 }
 
+/// The CPU time one thread has used so far.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct ThreadCpu {
+    pub tid: u32,
+    /// `comm`: the thread's name.
+    pub name: String,
+    /// From `stat`, in clock ticks (`USER_HZ`): user time (which includes
+    /// the time spent running a guest), system time, and guest time.
+    pub utime: u64,
+    pub stime: u64,
+    pub gtime: u64,
+    /// `sum_exec_runtime` from `schedstat` in ns: the exact total of user
+    /// and system time (None when the kernel has no schedstat).
+    pub runtime_ns: Option<u64>,
+}
+
+/// `(comm, utime, stime, gtime)` from the text of a `stat` file. The
+/// name is between the first `(` and the last `)` (it may hold both).
+pub fn parse_stat(text: &str) -> Option<(String, u64, u64, u64)> {
+    let open = text.find('(')?;
+    let close = text.rfind(')')?;
+    let name = text.get(open + 1..close)?.to_string();
+    // After the name: field 3 (state) onwards; utime is field 14, stime
+    // 15, guest_time 43 (proc(5)), i.e. indices 11, 12 and 40 here.
+    let rest: Vec<&str> = text.get(close + 1..)?.split_whitespace().collect();
+    let field = |i: usize| rest.get(i).and_then(|v| v.parse::<u64>().ok());
+    Some((name, field(11)?, field(12)?, field(40)?))
+}
+
+/// The CPU time of every thread of a live process, from
+/// `/proc/PID/task/TID/stat` and `schedstat`. Threads that exit while
+/// the directory is read are left out.
+pub fn thread_cpu(pid: u32) -> Result<Vec<ThreadCpu>, String> {
+    let dir = format!("/proc/{pid}/task");
+    let tasks = std::fs::read_dir(&dir).map_err(|e| format!("cannot list {dir}: {e}"))?;
+    let mut out = Vec::new();
+    for task in tasks.flatten() {
+        let Some(tid) = task
+            .file_name()
+            .to_str()
+            .and_then(|t| t.parse::<u32>().ok())
+        else {
+            continue;
+        };
+        let Ok(stat) = std::fs::read_to_string(task.path().join("stat")) else {
+            continue;
+        };
+        let Some((name, utime, stime, gtime)) = parse_stat(&stat) else {
+            return Err(format!("{dir}/{tid}/stat: cannot parse '{}'", stat.trim()));
+        };
+        let runtime_ns = std::fs::read_to_string(task.path().join("schedstat"))
+            .ok()
+            .and_then(|s| s.split_whitespace().next()?.parse().ok());
+        out.push(ThreadCpu {
+            tid,
+            name,
+            utime,
+            stime,
+            gtime,
+            runtime_ns,
+        });
+    }
+    out.sort_by_key(|t| t.tid);
+    Ok(out)
+}
+
+/// `(utime, stime, gtime)` in clock ticks of the whole process, exited
+/// threads included (`/proc/PID/stat`).
+pub fn process_cpu(pid: u32) -> Result<(u64, u64, u64), String> {
+    let path = format!("/proc/{pid}/stat");
+    let text = std::fs::read_to_string(&path).map_err(|e| format!("cannot read {path}: {e}"))?;
+    let (_, u, s, g) = parse_stat(&text).ok_or_else(|| format!("cannot parse {path}"))?;
+    Ok((u, s, g))
+}
+
+/// Nanoseconds per clock tick of `/proc/*/stat` (`sysconf(_SC_CLK_TCK)`).
+pub fn tick_ns() -> f64 {
+    // SAFETY: sysconf has no memory-safety preconditions.
+    let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) };
+    1e9 / if hz > 0 { hz as f64 } else { 100.0 }
+}
+
 /// Runs a command (killed after 5 s) and returns its trimmed stdout if it
 /// succeeded.
 pub fn output_of(program: &str, args: &[&str]) -> Option<String> {
@@ -304,6 +391,19 @@ pub fn output_of(program: &str, args: &[&str]) -> Option<String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn parses_stat() {
+        // comm with a space and a parenthesis; fields 14, 15 and 43 set.
+        let mut fields: Vec<String> = (3..=52).map(|i| i.to_string()).collect();
+        fields[0] = "S".into();
+        let text = format!("1234 (CPU 0/KVM) x) {}\n", fields.join(" "));
+        assert_eq!(
+            parse_stat(&text),
+            Some(("CPU 0/KVM) x".to_string(), 14, 15, 43))
+        );
+        assert_eq!(parse_stat("1 (a) S 2"), None);
+    }
 
     #[test]
     fn parses_smaps_entries() {

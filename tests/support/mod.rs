@@ -2,6 +2,8 @@
 //! time limit, building the test guest, and reading its report.
 #![allow(dead_code)]
 
+pub mod blk;
+pub mod net;
 pub mod probe;
 
 use std::collections::BTreeMap;

@@ -19,7 +19,7 @@ use crate::config::VmConfig;
 use crate::cpu::cpuid::CpuModel;
 use crate::cpu::{self, entry, CpuError};
 use crate::devices::acpi_pm::{AcpiPm, ACPI_PM_PORTS};
-use crate::devices::i8042::I8042;
+use crate::devices::i8042::{I8042, I8042_IRQ};
 use crate::devices::pci_host::{PciBus, PciConfigIo, PciConfigMmio};
 use crate::devices::rtc::Rtc;
 use crate::devices::serial::SerialDevice;
@@ -31,6 +31,8 @@ use crate::lifecycle::ExitSignal;
 use crate::memory::{self, GuestMemoryMmap, MemoryError};
 use crate::vcpu::VcpuContext;
 use crate::virtio::block::{Block, BlockError};
+use crate::virtio::net::{Net, NetError};
+use crate::virtio::rng::Rng;
 use crate::virtio::transport::{VirtioPci, BAR_SIZE};
 use crate::virtio::VirtioDevice;
 use crate::vm::{Vm, VmParts};
@@ -70,6 +72,8 @@ pub enum BuildError {
     Interrupts(#[from] InterruptError),
     #[error(transparent)]
     Disk(#[from] BlockError),
+    #[error(transparent)]
+    Net(#[from] NetError),
     #[error("PCI: {0}")]
     Pci(String),
     #[error("cannot create an interrupt line: {0}")]
@@ -145,11 +149,11 @@ pub fn build(
         console,
     )));
     pio.insert(serial.clone(), layout::COM1_PORT as u64, 8)?;
-    pio.insert(
-        shared(I8042::new(exit.clone())),
-        layout::I8042_DATA_PORT as u64,
-        5,
-    )?;
+    let i8042 = Arc::new(Mutex::new(I8042::new(
+        exit.clone(),
+        irq_line(&vm_fd, I8042_IRQ)?,
+    )));
+    pio.insert(i8042.clone(), layout::I8042_DATA_PORT as u64, 5)?;
     pio.insert(shared(Rtc::new()), layout::RTC_PORT as u64, 2)?;
     pio.insert(
         shared(AcpiPm::new(exit.clone())),
@@ -170,8 +174,10 @@ pub fn build(
     let mut bars = AddressAllocator::new(layout::PCI_MMIO32_START, layout::PCI_MMIO32_SIZE)
         .map_err(|e| BuildError::Pci(format!("BAR allocator: {e:?}")))?;
     let mut virtio_devices = Vec::new();
+    let mut block_stats = Vec::with_capacity(cfg.disks.len());
     for disk in &cfg.disks {
         let block = Block::new(disk, u16::from(cfg.vcpus))?;
+        block_stats.push(block.stats());
         virtio_devices.push(add_virtio_pci(
             Box::new(block),
             &mut bars,
@@ -180,6 +186,18 @@ pub fn build(
             &mmio,
             &router,
             &pci,
+        )?);
+    }
+    let mut others: Vec<Box<dyn VirtioDevice>> = Vec::new();
+    for net in &cfg.nets {
+        others.push(Box::new(Net::new(net)?));
+    }
+    if cfg.rng {
+        others.push(Box::new(Rng::new()));
+    }
+    for device in others {
+        virtio_devices.push(add_virtio_pci(
+            device, &mut bars, &mem, &vm_fd, &mmio, &router, &pci,
         )?);
     }
 
@@ -202,11 +220,13 @@ pub fn build(
 
     Ok(Vm {
         parts: VmParts {
-            _vm_fd: vm_fd,
+            vm_fd,
             memory: mem,
             ctx: VcpuContext { pio, mmio, exit },
             serial,
+            i8042,
             virtio_devices,
+            block_stats,
         },
         vcpus,
         guest_is_linux: kernel.is_linux,

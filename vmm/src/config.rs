@@ -4,6 +4,7 @@ use std::path::PathBuf;
 
 use crate::cpu::cpuid::CpuTemplate;
 use crate::virtio::block::DiskConfig;
+use crate::virtio::net::{MacAddr, NetConfig};
 
 /// Command line for a Linux guest when the user gives none: the console on
 /// COM1, reboot through the keyboard controller, reboot on panic.
@@ -23,6 +24,10 @@ pub struct VmConfig {
     pub cpu_template: CpuTemplate,
     /// virtio-blk disks, in PCI slot order.
     pub disks: Vec<DiskConfig>,
+    /// virtio-net interfaces on TAPs, after the disks.
+    pub nets: Vec<NetConfig>,
+    /// A virtio-rng device, after the network interfaces.
+    pub rng: bool,
 }
 
 impl VmConfig {
@@ -35,6 +40,8 @@ impl VmConfig {
             mem_size: DEFAULT_MEM_SIZE,
             cpu_template: CpuTemplate::default(),
             disks: Vec::new(),
+            nets: Vec::new(),
+            rng: false,
         }
     }
 }
@@ -121,6 +128,34 @@ pub fn parse_disk(text: &str) -> Result<DiskConfig, String> {
     Ok(disk)
 }
 
+/// Parses a `--net` value: `tap=NAME[,mac=MAC]`.
+pub fn parse_net(text: &str) -> Result<NetConfig, String> {
+    let mut net = NetConfig {
+        tap: String::new(),
+        mac: None,
+    };
+    for part in text.split(',') {
+        let (key, value) = part
+            .split_once('=')
+            .ok_or_else(|| format!("--net: expected key=value, got '{part}'"))?;
+        match key {
+            "tap" => net.tap = value.to_string(),
+            "mac" => {
+                net.mac = Some(
+                    value
+                        .parse::<MacAddr>()
+                        .map_err(|e| format!("--net: {e}"))?,
+                )
+            }
+            _ => return Err(format!("--net: unknown key '{key}' (expected tap, mac)")),
+        }
+    }
+    if net.tap.is_empty() {
+        return Err("--net: tap=NAME is required".into());
+    }
+    Ok(net)
+}
+
 fn on_off(value: &str) -> Option<bool> {
     match value {
         "on" | "true" | "yes" => Some(true),
@@ -151,6 +186,26 @@ mod tests {
             "path",
         ] {
             assert!(parse_disk(bad).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn nets_parse() {
+        let n = parse_net("tap=tap0,mac=52:54:00:AB:cd:01").unwrap();
+        assert_eq!(n.tap, "tap0");
+        assert_eq!(n.mac, Some(MacAddr([0x52, 0x54, 0, 0xab, 0xcd, 1])));
+        assert_eq!(parse_net("tap=t").unwrap().mac, None);
+        for bad in [
+            "",
+            "mac=52:54:00:00:00:01",
+            "tap=t,mac=52:54:00:00:00",
+            "tap=t,mac=52:54:00:00:00:01:02",
+            "tap=t,mac=zz:54:00:00:00:01",
+            "tap=t,mac=01:00:5e:00:00:01",
+            "tap=t,color=red",
+            "tap",
+        ] {
+            assert!(parse_net(bad).is_err(), "{bad}");
         }
     }
 

@@ -30,11 +30,21 @@ impl Gas {
         if t.len() < off + 12 {
             return Gas::default();
         }
-        Gas { space: t[off], bit_width: t[off + 1], access: t[off + 3], addr: le64(&t[off + 4..]) }
+        Gas {
+            space: t[off],
+            bit_width: t[off + 1],
+            access: t[off + 3],
+            addr: le64(&t[off + 4..]),
+        }
     }
 
     fn io(port: u32, width: u8) -> Gas {
-        Gas { space: GAS_IO, bit_width: width, access: 0, addr: u64::from(port) }
+        Gas {
+            space: GAS_IO,
+            bit_width: width,
+            access: 0,
+            addr: u64::from(port),
+        }
     }
 
     pub fn present(&self) -> bool {
@@ -215,7 +225,9 @@ fn rsdp_valid(addr: u64) -> Result<(), &'static str> {
 }
 
 fn scan_rsdp(start: u64, end: u64) -> Option<u64> {
-    (start..end).step_by(16).find(|&a| phys_bytes(a, 8) == b"RSD PTR " && rsdp_valid(a).is_ok())
+    (start..end)
+        .step_by(16)
+        .find(|&a| phys_bytes(a, 8) == b"RSD PTR " && rsdp_valid(a).is_ok())
 }
 
 /// Find and parse everything; `None` without an RSDP. Problems are collected, not fatal.
@@ -232,10 +244,18 @@ pub fn discover(boot: &Boot) -> Result<Acpi, Msg> {
         (boot.rsdp, given)
     } else {
         let ebda = u64::from(phys_read_u16(0x40e)) << 4;
-        let found = if (0x80000..0xa0000).contains(&ebda) { scan_rsdp(ebda, ebda + 1024) } else { None };
+        let found = if (0x80000..0xa0000).contains(&ebda) {
+            scan_rsdp(ebda, ebda + 1024)
+        } else {
+            None
+        };
         match found.or_else(|| scan_rsdp(0xe0000, 0x100000)) {
             Some(a) => (a, "scan"),
-            None => return Err(fail!("no RSDP ({given} gave none, none in EBDA or 0xe0000-0xfffff)")),
+            None => {
+                return Err(fail!(
+                    "no RSDP ({given} gave none, none in EBDA or 0xe0000-0xfffff)"
+                ))
+            }
         }
     };
     let r = phys_bytes(rsdp, 36);
@@ -243,7 +263,11 @@ pub fn discover(boot: &Boot) -> Result<Acpi, Msg> {
     let mut oem = [0u8; 6];
     oem.copy_from_slice(&r[9..15]);
     let xsdt = if revision >= 2 { le64(&r[24..]) } else { 0 };
-    let (root, entry_size) = if xsdt != 0 { (xsdt, 8) } else { (u64::from(le32(&r[16..])), 4) };
+    let (root, entry_size) = if xsdt != 0 {
+        (xsdt, 8)
+    } else {
+        (u64::from(le32(&r[16..])), 4)
+    };
 
     let mut acpi = Acpi {
         rsdp,
@@ -277,12 +301,23 @@ pub fn discover(boot: &Boot) -> Result<Acpi, Msg> {
     };
     let expected_root = if entry_size == 8 { b"XSDT" } else { b"RSDT" };
     if &root_table[..4] != expected_root {
-        let _ = write!(problems, "root table at {root:#x} is {} not {}; ", Sig(&root_table[..4]), Sig(expected_root));
+        let _ = write!(
+            problems,
+            "root table at {root:#x} is {} not {}; ",
+            Sig(&root_table[..4]),
+            Sig(expected_root)
+        );
     }
     let entries = &root_table[36..];
     for e in entries.chunks_exact(entry_size) {
-        let addr = if entry_size == 8 { le64(e) } else { u64::from(le32(e)) };
-        let Some(t) = add_table(&mut acpi, addr, &mut problems) else { continue };
+        let addr = if entry_size == 8 {
+            le64(e)
+        } else {
+            u64::from(le32(e))
+        };
+        let Some(t) = add_table(&mut acpi, addr, &mut problems) else {
+            continue;
+        };
         match &t[..4] {
             b"FACP" => parse_fadt(&mut acpi, t),
             b"APIC" => parse_madt(&mut acpi, t),
@@ -293,7 +328,11 @@ pub fn discover(boot: &Boot) -> Result<Acpi, Msg> {
     if let Some(dsdt) = acpi.fadt.as_ref().map(|f| f.dsdt).filter(|&d| d != 0) {
         if let Some(t) = add_table(&mut acpi, dsdt, &mut problems) {
             if &t[..4] != b"DSDT" {
-                let _ = write!(problems, "FADT DSDT pointer {dsdt:#x} has {}; ", Sig(&t[..4]));
+                let _ = write!(
+                    problems,
+                    "FADT DSDT pointer {dsdt:#x} has {}; ",
+                    Sig(&t[..4])
+                );
             }
             acpi.s5 = find_s5(&t[36..]);
             acpi.cba = find_cba(&t[36..]);
@@ -326,7 +365,11 @@ fn add_table(acpi: &mut Acpi, addr: u64, problems: &mut Msg) -> Option<&'static 
     let mut sig = [0u8; 4];
     sig.copy_from_slice(phys_bytes(addr, 4));
     if !(36..=16 << 20).contains(&len) || !phys_readable(addr, u64::from(len)) {
-        let _ = write!(problems, "table {} at {addr:#x} has bad length {len}; ", Sig(&sig));
+        let _ = write!(
+            problems,
+            "table {} at {addr:#x} has bad length {len}; ",
+            Sig(&sig)
+        );
         return None;
     }
     let bytes = phys_bytes(addr, len as usize);
@@ -335,7 +378,12 @@ fn add_table(acpi: &mut Acpi, addr: u64, problems: &mut Msg) -> Option<&'static 
         let _ = write!(problems, "table {} at {addr:#x} checksum bad; ", Sig(&sig));
     }
     if acpi.table_count < MAX_TABLES {
-        acpi.tables[acpi.table_count] = Table { sig, addr, len, checksum_ok };
+        acpi.tables[acpi.table_count] = Table {
+            sig,
+            addr,
+            len,
+            checksum_ok,
+        };
         acpi.table_count += 1;
     }
     Some(bytes)
@@ -343,9 +391,27 @@ fn add_table(acpi: &mut Acpi, addr: u64, problems: &mut Msg) -> Option<&'static 
 
 fn parse_fadt(acpi: &mut Acpi, t: &[u8]) {
     let byte = |off: usize| t.get(off).copied().unwrap_or(0);
-    let word = |off: usize| if t.len() >= off + 2 { le16(&t[off..]) } else { 0 };
-    let dword = |off: usize| if t.len() >= off + 4 { le32(&t[off..]) } else { 0 };
-    let qword = |off: usize| if t.len() >= off + 8 { le64(&t[off..]) } else { 0 };
+    let word = |off: usize| {
+        if t.len() >= off + 2 {
+            le16(&t[off..])
+        } else {
+            0
+        }
+    };
+    let dword = |off: usize| {
+        if t.len() >= off + 4 {
+            le32(&t[off..])
+        } else {
+            0
+        }
+    };
+    let qword = |off: usize| {
+        if t.len() >= off + 8 {
+            le64(&t[off..])
+        } else {
+            0
+        }
+    };
     let flags = dword(112);
     let x_dsdt = qword(140);
     let mut pm1a_cnt = Gas::parse(t, 172);
@@ -370,7 +436,11 @@ fn parse_fadt(acpi: &mut Acpi, t: &[u8]) {
         reset_value: byte(128),
         century: byte(108),
         iapc_boot_arch: word(109),
-        dsdt: if x_dsdt != 0 { x_dsdt } else { u64::from(dword(40)) },
+        dsdt: if x_dsdt != 0 {
+            x_dsdt
+        } else {
+            u64::from(dword(40))
+        },
     });
 }
 
@@ -384,7 +454,10 @@ fn parse_madt(acpi: &mut Acpi, t: &[u8]) {
     while off + 2 <= t.len() {
         let (kind, len) = (t[off], usize::from(t[off + 1]));
         if len < 2 || off + len > t.len() {
-            let _ = write!(acpi.problems, "MADT entry at offset {off} has bad length {len}; ");
+            let _ = write!(
+                acpi.problems,
+                "MADT entry at offset {off} has bad length {len}; "
+            );
             break;
         }
         let e = &t[off..off + len];
@@ -392,12 +465,20 @@ fn parse_madt(acpi: &mut Acpi, t: &[u8]) {
             (0, 8..) => add_cpu(acpi, u32::from(e[3]), le32(&e[4..]) & 1 != 0),
             (9, 16..) => add_cpu(acpi, le32(&e[4..]), le32(&e[8..]) & 1 != 0),
             (1, 12..) if acpi.ioapic_count < MAX_IOAPICS => {
-                acpi.ioapics[acpi.ioapic_count] =
-                    IoApic { id: e[2], addr: u64::from(le32(&e[4..])), gsi_base: le32(&e[8..]) };
+                acpi.ioapics[acpi.ioapic_count] = IoApic {
+                    id: e[2],
+                    addr: u64::from(le32(&e[4..])),
+                    gsi_base: le32(&e[8..]),
+                };
                 acpi.ioapic_count += 1;
             }
             (2, 10..) if acpi.iso_count < MAX_ISOS => {
-                acpi.isos[acpi.iso_count] = Iso { bus: e[2], source: e[3], gsi: le32(&e[4..]), flags: le16(&e[8..]) };
+                acpi.isos[acpi.iso_count] = Iso {
+                    bus: e[2],
+                    source: e[3],
+                    gsi: le32(&e[4..]),
+                    flags: le16(&e[8..]),
+                };
                 acpi.iso_count += 1;
             }
             (5, 12..) => acpi.lapic_addr = le64(&e[4..]),
@@ -417,7 +498,12 @@ fn add_cpu(acpi: &mut Acpi, apic_id: u32, enabled: bool) {
 fn parse_mcfg(acpi: &mut Acpi, t: &[u8]) {
     for e in t.get(44..).unwrap_or(&[]).chunks_exact(16) {
         if acpi.mcfg_count < MAX_MCFG {
-            acpi.mcfg[acpi.mcfg_count] = Mcfg { base: le64(e), segment: le16(&e[8..]), bus_start: e[10], bus_end: e[11] };
+            acpi.mcfg[acpi.mcfg_count] = Mcfg {
+                base: le64(e),
+                segment: le16(&e[8..]),
+                bus_start: e[10],
+                bus_end: e[11],
+            };
             acpi.mcfg_count += 1;
         }
     }
@@ -425,7 +511,10 @@ fn parse_mcfg(acpi: &mut Acpi, t: &[u8]) {
 
 /// An AML integer constant at the start of `aml`.
 fn aml_integer(aml: &[u8]) -> Option<u64> {
-    let le = |n: usize| aml.get(1..1 + n).map(|b| b.iter().rev().fold(0u64, |v, &x| v << 8 | u64::from(x)));
+    let le = |n: usize| {
+        aml.get(1..1 + n)
+            .map(|b| b.iter().rev().fold(0u64, |v, &x| v << 8 | u64::from(x)))
+    };
     match *aml.first()? {
         0x00 => Some(0),        // ZeroOp
         0x01 => Some(1),        // OneOp
@@ -440,11 +529,12 @@ fn aml_integer(aml: &[u8]) -> Option<u64> {
 
 /// Offsets just past each `NameOp [\\] NAME` (a named object's definition) in AML.
 fn aml_names<'a>(aml: &'a [u8], name: &'a [u8; 4]) -> impl Iterator<Item = usize> + 'a {
-    (1..aml.len().saturating_sub(3)).filter(move |&i| {
-        &aml[i..i + 4] == name
-            && (aml[i - 1] == 0x08 || (i >= 2 && aml[i - 1] == b'\\' && aml[i - 2] == 0x08))
-    })
-    .map(|i| i + 4)
+    (1..aml.len().saturating_sub(3))
+        .filter(move |&i| {
+            &aml[i..i + 4] == name
+                && (aml[i - 1] == 0x08 || (i >= 2 && aml[i - 1] == b'\\' && aml[i - 2] == 0x08))
+        })
+        .map(|i| i + 4)
 }
 
 /// `Name (_S5_, Package () { SLP_TYPa, ... })` in AML: SLP_TYPa.
@@ -488,7 +578,8 @@ fn crs_buffers(aml: &[u8]) -> impl Iterator<Item = &[u8]> + '_ {
             usize::from(lead & 0x3f)
         } else {
             (1..=follow).try_fold(usize::from(lead & 0x0f), |len, i| {
-                aml.get(p + 1 + i).map(|&b| len | usize::from(b) << (4 + 8 * (i - 1)))
+                aml.get(p + 1 + i)
+                    .map(|&b| len | usize::from(b) << (4 + 8 * (i - 1)))
             })?
         };
         let body = aml.get(p + 2 + follow..p + 1 + pkglen)?;
@@ -520,18 +611,34 @@ fn find_mem_windows(aml: &[u8]) -> (Option<Window>, Option<Window>) {
                 off += 1 + usize::from(tag & 7);
                 continue;
             }
-            let Some(len) = rt.get(off + 1..off + 3).map(le16) else { break };
-            let Some(d) = rt.get(off..off + 3 + usize::from(len)) else { break };
+            let Some(len) = rt.get(off + 1..off + 3).map(le16) else {
+                break;
+            };
+            let Some(d) = rt.get(off..off + 3 + usize::from(len)) else {
+                break;
+            };
             let window = match (tag, d.get(3)) {
-                (0x87, Some(0)) if d.len() >= 26 => {
-                    Some((u64::from(le32(&d[10..])), u64::from(le32(&d[14..])), u64::from(le32(&d[22..]))))
+                (0x87, Some(0)) if d.len() >= 26 => Some((
+                    u64::from(le32(&d[10..])),
+                    u64::from(le32(&d[14..])),
+                    u64::from(le32(&d[22..])),
+                )),
+                (0x8a, Some(0)) if d.len() >= 46 => {
+                    Some((le64(&d[14..]), le64(&d[22..]), le64(&d[38..])))
                 }
-                (0x8a, Some(0)) if d.len() >= 46 => Some((le64(&d[14..]), le64(&d[22..]), le64(&d[38..]))),
                 _ => None,
             };
             if let Some((min, max, length)) = window {
-                let length = if length != 0 { length } else { max.wrapping_sub(min).wrapping_add(1) };
-                let slot = if min.saturating_add(length) <= 1 << 32 { &mut low } else { &mut high };
+                let length = if length != 0 {
+                    length
+                } else {
+                    max.wrapping_sub(min).wrapping_add(1)
+                };
+                let slot = if min.saturating_add(length) <= 1 << 32 {
+                    &mut low
+                } else {
+                    &mut high
+                };
                 if length != 0 && slot.is_none_or(|(_, l)| length > l) {
                     *slot = Some((min, length));
                 }
@@ -591,10 +698,21 @@ pub fn check(acpi: &Result<Acpi, Msg>) -> Result<(), Msg> {
             acpi.iso_count
         );
         for io in acpi.ioapics() {
-            outln!("PROBE acpi ioapic id={} addr={:#x} gsi_base={}", io.id, io.addr, io.gsi_base);
+            outln!(
+                "PROBE acpi ioapic id={} addr={:#x} gsi_base={}",
+                io.id,
+                io.addr,
+                io.gsi_base
+            );
         }
         for iso in acpi.isos() {
-            outln!("PROBE acpi override bus={} irq={} gsi={} flags={:#x}", iso.bus, iso.source, iso.gsi, iso.flags);
+            outln!(
+                "PROBE acpi override bus={} irq={} gsi={} flags={:#x}",
+                iso.bus,
+                iso.source,
+                iso.gsi,
+                iso.flags
+            );
         }
     }
     if let Some(cba) = acpi.cba {
@@ -622,7 +740,10 @@ pub fn check(acpi: &Result<Acpi, Msg>) -> Result<(), Msg> {
     }
     if let Some(f) = &acpi.fadt {
         if f.hw_reduced && !f.sleep_control.present() {
-            let _ = write!(why, "hardware-reduced FADT without sleep control register; ");
+            let _ = write!(
+                why,
+                "hardware-reduced FADT without sleep control register; "
+            );
         }
         if !f.hw_reduced && !f.pm1a_cnt.present() {
             let _ = write!(why, "FADT without PM1a control block; ");
@@ -639,7 +760,10 @@ pub fn check(acpi: &Result<Acpi, Msg>) -> Result<(), Msg> {
 }
 
 fn trim(b: &[u8]) -> &[u8] {
-    let end = b.iter().rposition(|&c| c != b' ' && c != 0).map_or(0, |p| p + 1);
+    let end = b
+        .iter()
+        .rposition(|&c| c != b' ' && c != 0)
+        .map_or(0, |p| p + 1);
     &b[..end]
 }
 

@@ -13,18 +13,15 @@
 //!
 //! The data pattern and the checksum are specified in the README.
 
-use crate::acpi::Acpi;
-use crate::boot::Boot;
 use crate::dma::Arena;
-use crate::lapic::Lapic;
 use crate::msg::Msg;
-use crate::pci::ConfigSpace;
 use crate::plan::{BlkOp, BlkOps, BlkPlan, Plan, BLK_OPS};
 use crate::time::{self, Deadline};
-use crate::virtio::queue::{SplitQueue, DESC_F_NEXT, DESC_F_WRITE, MAX_SIZE, RING_BYTES};
-use crate::virtio::{self, BarAllocator, DevFn, Transport, NO_VECTOR, S_NEEDS_RESET, VIRTIO_VECTORS, VIRTIO_VECTOR_BASE};
+use crate::virtio::bus::{Devices, Irqs};
+use crate::virtio::data::{fill_pattern, matches_pattern, Fnv};
+use crate::virtio::queue::{pick_size, SplitQueue, DESC_F_NEXT, DESC_F_WRITE, RING_BYTES};
+use crate::virtio::{DevFn, Transport, S_NEEDS_RESET};
 use core::fmt::{self, Write as _};
-use core::sync::atomic::{AtomicUsize, Ordering};
 
 // Feature bits (5.2.3).
 const F_SEG_MAX: u64 = 1 << 2;
@@ -65,53 +62,6 @@ const FLUSH_EVERY: u64 = 16384;
 
 /// The virtio PCI device ID of a block device (0x1040 + type 2).
 pub const BLK_DEVICE_ID: u16 = 0x1042;
-
-// ---- the data pattern and the checksum (README: "blk data") ----
-
-const GOLDEN: u64 = 0x9e37_79b9_7f4a_7c15;
-
-fn mix64(mut z: u64) -> u64 {
-    z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
-    z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
-    z ^ (z >> 31)
-}
-
-/// The pattern's little-endian u64 at disk byte offset 8n.
-pub fn pattern_word(seed: u64, n: u64) -> u64 {
-    mix64(seed.wrapping_add(n.wrapping_add(1).wrapping_mul(GOLDEN)))
-}
-
-/// Fill `buf` with the pattern as it lies at disk byte `offset` (8-aligned).
-fn fill_pattern(seed: u64, offset: u64, buf: &mut [u8]) {
-    let n0 = offset / 8;
-    for (j, w) in buf.chunks_exact_mut(8).enumerate() {
-        w.copy_from_slice(&pattern_word(seed, n0 + j as u64).to_le_bytes());
-    }
-}
-
-fn matches_pattern(seed: u64, offset: u64, data: &[u8]) -> bool {
-    let n0 = offset / 8;
-    data.chunks_exact(8)
-        .enumerate()
-        .all(|(j, w)| u64::from_le_bytes([w[0], w[1], w[2], w[3], w[4], w[5], w[6], w[7]]) == pattern_word(seed, n0 + j as u64))
-}
-
-/// FNV-1a, 64-bit, fed piecewise.
-struct Fnv(u64);
-
-impl Fnv {
-    fn new() -> Fnv {
-        Fnv(0xcbf2_9ce4_8422_2325)
-    }
-
-    fn update(&mut self, bytes: &[u8]) {
-        let mut h = self.0;
-        for &b in bytes {
-            h = (h ^ u64::from(b)).wrapping_mul(0x0000_0100_0000_01b3);
-        }
-        self.0 = h;
-    }
-}
 
 /// Sector checks over a region: how many differ from the expectation, and the first.
 #[derive(Default)]
@@ -216,9 +166,8 @@ struct Disk {
     /// Request slots per queue.
     spq: usize,
     q: [Queue; MAX_QUEUES],
-    /// `PROBE_VIRTIO_IRQS` slots: config change, then the queue vectors.
-    irq_base: usize,
-    irq_entries: usize,
+    /// MSI-X entries: config change, then the queue vectors (or none: polling).
+    irqs: Irqs,
     serial: [u8; ID_BYTES as usize],
     serial_len: usize,
     id_status: u8,
@@ -233,9 +182,6 @@ struct Disk {
     op_irq0: u32,
     op_completed0: u64,
 }
-
-/// Next free `PROBE_VIRTIO_IRQS` slot (shared by all disks; wraps around).
-static NEXT_IRQ_SLOT: AtomicUsize = AtomicUsize::new(0);
 
 impl Disk {
     fn new(t: Transport, setup: Setup, apic_id: u32) -> Disk {
@@ -265,8 +211,7 @@ impl Disk {
                 data: 0,
                 slots: [Slot::default(); MAX_SLOTS],
             }),
-            irq_base: 0,
-            irq_entries: 0,
+            irqs: Irqs::default(),
             serial: [0; ID_BYTES as usize],
             serial_len: 0,
             id_status: S_PENDING,
@@ -296,18 +241,6 @@ impl Disk {
         self.setup.slot_bytes / SECTOR
     }
 
-    /// MSI-X table entry of queue `q`: 1 + q with enough entries, else shared.
-    fn queue_entry(&self, q: usize) -> u16 {
-        let n = usize::from(self.t.msix_entries);
-        if n > self.nq {
-            1 + q as u16
-        } else if n >= 2 {
-            1
-        } else {
-            0
-        }
-    }
-
     /// Full initialisation (3.1.1), from reset to DRIVER_OK, then GET_ID.
     fn init(&mut self, arena: &mut Arena) -> Result<(), Msg> {
         self.broken = true;
@@ -319,9 +252,21 @@ impl Disk {
         for _ in 0..100 {
             let g = t.config_generation();
             self.capacity = t.dev_read64(0);
-            self.seg_max = if features & F_SEG_MAX != 0 { t.dev_read32(12) } else { 0 };
-            self.blk_size = if features & F_BLK_SIZE != 0 { t.dev_read32(20) } else { 512 };
-            self.dev_queues = if features & F_MQ != 0 { t.dev_read16(34) } else { 1 };
+            self.seg_max = if features & F_SEG_MAX != 0 {
+                t.dev_read32(12)
+            } else {
+                0
+            };
+            self.blk_size = if features & F_BLK_SIZE != 0 {
+                t.dev_read32(20)
+            } else {
+                512
+            };
+            self.dev_queues = if features & F_MQ != 0 {
+                t.dev_read16(34)
+            } else {
+                1
+            };
             if features & F_DISCARD != 0 {
                 self.max_discard_sectors = t.dev_read32(36);
                 self.max_discard_seg = t.dev_read32(40);
@@ -336,41 +281,26 @@ impl Disk {
                 break;
             }
         }
-        let nq = usize::from(self.dev_queues.max(1)).min(usize::from(t.num_queues().max(1))).min(self.setup.queues).min(MAX_QUEUES);
+        let nq = usize::from(self.dev_queues.max(1))
+            .min(usize::from(t.num_queues().max(1)))
+            .min(self.setup.queues)
+            .min(MAX_QUEUES);
         if self.allocated && nq != self.nq {
-            return Err(fail!("the device now has {nq} queues, {} before the reset", self.nq));
+            return Err(fail!(
+                "the device now has {nq} queues, {} before the reset",
+                self.nq
+            ));
         }
         self.nq = nq;
 
         // Interrupts: MSI-X entries 0 (config) and 1.. (queues), or none.
-        let msix = self.setup.msix;
-        if msix {
-            if !t.has_msix() {
-                return Err(fail!("no MSI-X capability (probe.blk_irq=msix)"));
-            }
-            if !self.allocated {
-                self.irq_entries = usize::from(t.msix_entries).min(1 + nq);
-                self.irq_base = NEXT_IRQ_SLOT.fetch_add(self.irq_entries, Ordering::Relaxed);
-            }
-            t.msix_enable(true);
-            for e in 0..self.irq_entries {
-                let vector = VIRTIO_VECTOR_BASE + ((self.irq_base + e) % VIRTIO_VECTORS) as u32;
-                t.msix_set_entry(e as u16, self.apic_id, vector);
-            }
-            if !t.msix_enabled() {
-                return Err(fail!("MSI-X enable bit does not stick"));
-            }
-            let kept = t.set_config_vector(0);
-            if kept != 0 {
-                return Err(fail!("config_msix_vector 0 refused (reads back {kept:#x})"));
-            }
-        } else {
-            t.msix_enable(false);
-            let kept = t.set_config_vector(NO_VECTOR);
-            if kept != NO_VECTOR {
-                return Err(fail!("config_msix_vector NO_VECTOR reads back {kept:#x}"));
-            }
+        if self.setup.msix && !t.has_msix() {
+            return Err(fail!("no MSI-X capability (probe.blk_irq=msix)"));
         }
+        if !self.allocated {
+            self.irqs = Irqs::new(t, self.setup.msix, nq, self.apic_id);
+        }
+        self.irqs.program(t)?;
 
         for qi in 0..nq {
             let t = &self.t;
@@ -379,12 +309,14 @@ impl Disk {
             if max < 4 {
                 return Err(fail!("queue {qi}: maximum size {max}"));
             }
-            let mut size = MAX_SIZE.min(max);
-            while !size.is_power_of_two() {
-                size &= size - 1;
-            }
+            let size = pick_size(max);
             if !self.allocated {
-                let spq = self.setup.qd.div_ceil(nq).min(usize::from(size) / 3).clamp(1, MAX_SLOTS);
+                let spq = self
+                    .setup
+                    .qd
+                    .div_ceil(nq)
+                    .min(usize::from(size) / 3)
+                    .clamp(1, MAX_SLOTS);
                 if qi == 0 {
                     self.spq = spq;
                 }
@@ -403,16 +335,10 @@ impl Disk {
                 return Err(fail!("queue {qi}: maximum size now {max}"));
             }
             self.qsize = size;
-            let entry = if msix { self.queue_entry(qi) } else { NO_VECTOR };
+            let vector = self.irqs.queue_vector(qi);
             let q = &mut self.q[qi];
             q.slots = [Slot::default(); MAX_SLOTS];
-            q.vq.clear(size, !msix);
-            let (desc, avail, used) = (q.vq.desc, q.vq.avail, q.vq.used);
-            let (notify, kept) = self.t.setup_queue(qi as u16, size, desc, avail, used, entry)?;
-            if kept != entry {
-                return Err(fail!("queue {qi}: queue_msix_vector {entry:#x} reads back {kept:#x}"));
-            }
-            self.q[qi].vq.notify = notify;
+            q.vq.activate(&self.t, size, vector)?;
         }
         self.allocated = true;
         self.t.driver_ok()?;
@@ -420,9 +346,21 @@ impl Disk {
 
         // GET_ID: the serial, up to 20 bytes, NUL-terminated if shorter.
         let mut id = [0u8; ID_BYTES as usize];
-        let st = self.single(Req { kind: T_GET_ID, lba: 0, len: ID_BYTES }, |_| {}, |d| id.copy_from_slice(&d[..20]))?;
+        let st = self.single(
+            Req {
+                kind: T_GET_ID,
+                lba: 0,
+                len: ID_BYTES,
+            },
+            |_| {},
+            |d| id.copy_from_slice(&d[..20]),
+        )?;
         self.id_status = st;
-        self.serial_len = if st == S_OK { id.iter().position(|&b| b == 0).unwrap_or(id.len()) } else { 0 };
+        self.serial_len = if st == S_OK {
+            id.iter().position(|&b| b == 0).unwrap_or(id.len())
+        } else {
+            0
+        };
         self.serial = id;
         Ok(())
     }
@@ -436,11 +374,7 @@ impl Disk {
     /// Interrupts counted for this disk's MSI-X entries; when polling, every
     /// interrupt other than the timer's and COM1's (there should be none).
     fn irq_sum(&self) -> u32 {
-        if self.setup.msix {
-            (0..self.irq_entries).fold(0u32, |s, e| s.wrapping_add(virtio::irq_count(self.irq_base + e)))
-        } else {
-            (0..VIRTIO_VECTORS).fold(crate::irq::PROBE_OTHER_IRQS.load(Ordering::SeqCst), |s, e| s.wrapping_add(virtio::irq_count(e)))
-        }
+        self.irqs.sum()
     }
 
     fn op_start(&mut self) {
@@ -502,10 +436,13 @@ impl Disk {
             let s = (id / 3) as usize;
             if id % 3 != 0 || s >= spq || !q.slots[s].busy || q.slots[s].done {
                 self.broken = true;
-                return Err(fail!("queue {qi}: used element id {id} len {len} is not a request in flight"));
+                return Err(fail!(
+                    "queue {qi}: used element id {id} len {len} is not a request in flight"
+                ));
             }
             // SAFETY: the slot's status byte (DMA arena), written by the device before the used idx.
-            let status = unsafe { core::ptr::read_volatile((q.hdrs + 2048 + s as u64) as *const u8) };
+            let status =
+                unsafe { core::ptr::read_volatile((q.hdrs + 2048 + s as u64) as *const u8) };
             let slot = &mut q.slots[s];
             slot.done = true;
             slot.status = status;
@@ -513,7 +450,8 @@ impl Disk {
             // After an error the device may have written the status only.
             if status == S_OK && len != slot.expect_len {
                 self.used_len_off += 1;
-                self.used_len_first.get_or_insert((slot.kind, len, slot.expect_len));
+                self.used_len_first
+                    .get_or_insert((slot.kind, len, slot.expect_len));
             }
             n += 1;
         }
@@ -524,10 +462,20 @@ impl Disk {
     /// What the queues look like, for a timeout report.
     fn stuck(&mut self, what: &str) -> Msg {
         self.broken = true;
-        let mut m = fail!("{what}: no completion within {} s (status {:#x}", TIMEOUT_MS / 1000, self.t.status());
+        let mut m = fail!(
+            "{what}: no completion within {} s (status {:#x}",
+            TIMEOUT_MS / 1000,
+            self.t.status()
+        );
         for qi in 0..self.nq {
             let q = &self.q[qi].vq;
-            let _ = write!(m, ", q{qi} avail {} used {} seen {}", q.avail_idx(), q.used_idx(), q.outstanding());
+            let _ = write!(
+                m,
+                ", q{qi} avail {} used {} seen {}",
+                q.avail_idx(),
+                q.used_idx(),
+                q.outstanding()
+            );
         }
         let _ = write!(m, ", irqs {})", self.irq_sum());
         m
@@ -550,14 +498,21 @@ impl Disk {
                 while self.irq_sum() == irqs {
                     if deadline.expired() {
                         let used = (0..self.nq).any(|qi| self.q[qi].vq.has_used());
-                        return Err(self.stuck(if used { "used ring moved but no MSI-X interrupt" } else { "waiting for an interrupt" }));
+                        return Err(self.stuck(if used {
+                            "used ring moved but no MSI-X interrupt"
+                        } else {
+                            "waiting for an interrupt"
+                        }));
                     }
                     crate::hw::pause();
                 }
                 // A config interrupt may say DEVICE_NEEDS_RESET.
-                if virtio::irq_count(self.irq_base) != 0 && self.t.status() & S_NEEDS_RESET != 0 {
+                if self.irqs.config_count() != 0 && self.t.status() & S_NEEDS_RESET != 0 {
                     self.broken = true;
-                    return Err(fail!("device set DEVICE_NEEDS_RESET (status {:#x})", self.t.status()));
+                    return Err(fail!(
+                        "device set DEVICE_NEEDS_RESET (status {:#x})",
+                        self.t.status()
+                    ));
                 }
             } else {
                 if deadline.expired() {
@@ -570,7 +525,11 @@ impl Disk {
 
     /// Wait for everything in flight (after an error), forgetting the results.
     fn drain(&mut self) {
-        while (0..self.nq).any(|qi| self.q[qi].slots[..self.spq].iter().any(|s| s.busy && !s.done)) {
+        while (0..self.nq).any(|qi| {
+            self.q[qi].slots[..self.spq]
+                .iter()
+                .any(|s| s.busy && !s.done)
+        }) {
             if self.wait().is_err() {
                 self.broken = true;
                 return;
@@ -644,7 +603,12 @@ impl Disk {
     }
 
     /// One request; its status.
-    fn single(&mut self, req: Req, fill: impl FnOnce(&mut [u8]), out: impl FnOnce(&[u8])) -> Result<u8, Msg> {
+    fn single(
+        &mut self,
+        req: Req,
+        fill: impl FnOnce(&mut [u8]),
+        out: impl FnOnce(&[u8]),
+    ) -> Result<u8, Msg> {
         let mut fill = Some(fill);
         let mut out = Some(out);
         let mut status = S_PENDING;
@@ -668,21 +632,40 @@ impl Disk {
     }
 
     fn flush(&mut self) -> Result<(), Msg> {
-        match self.single(Req { kind: T_FLUSH, lba: 0, len: 0 }, |_| {}, |_| {})? {
+        match self.single(
+            Req {
+                kind: T_FLUSH,
+                lba: 0,
+                len: 0,
+            },
+            |_| {},
+            |_| {},
+        )? {
             S_OK => Ok(()),
             st => Err(fail!("FLUSH status {st}")),
         }
     }
 
     fn check_range(&self, lba: u64, sectors: u64) -> Result<(), Msg> {
-        if lba.checked_add(sectors).is_none_or(|end| end > self.capacity) {
-            return Err(fail!("sectors {lba}+{sectors} beyond the capacity {}", self.capacity));
+        if lba
+            .checked_add(sectors)
+            .is_none_or(|end| end > self.capacity)
+        {
+            return Err(fail!(
+                "sectors {lba}+{sectors} beyond the capacity {}",
+                self.capacity
+            ));
         }
         Ok(())
     }
 
     /// Read `[lba, lba+sectors)`; `see(lba, data)` per request, in order.
-    fn read_region(&mut self, lba: u64, sectors: u64, mut see: impl FnMut(u64, &[u8])) -> Result<(), Msg> {
+    fn read_region(
+        &mut self,
+        lba: u64,
+        sectors: u64,
+        mut see: impl FnMut(u64, &[u8]),
+    ) -> Result<(), Msg> {
         self.check_range(lba, sectors)?;
         let rs = self.req_sectors();
         let chunk = |i: u64| (lba + i * rs, rs.min(sectors - i * rs));
@@ -690,7 +673,11 @@ impl Disk {
             sectors.div_ceil(rs),
             |i, _| {
                 let (l, n) = chunk(i);
-                Req { kind: T_IN, lba: l, len: (n * SECTOR) as u32 }
+                Req {
+                    kind: T_IN,
+                    lba: l,
+                    len: (n * SECTOR) as u32,
+                }
             },
             |i, st, buf| {
                 let (l, n) = chunk(i);
@@ -704,7 +691,12 @@ impl Disk {
     }
 
     /// Write `[lba, lba+sectors)`: `fill(lba, buf)` per request, in order.
-    fn write_region(&mut self, lba: u64, sectors: u64, mut fill: impl FnMut(u64, &mut [u8])) -> Result<(), Msg> {
+    fn write_region(
+        &mut self,
+        lba: u64,
+        sectors: u64,
+        mut fill: impl FnMut(u64, &mut [u8]),
+    ) -> Result<(), Msg> {
         self.check_range(lba, sectors)?;
         let rs = self.req_sectors();
         let chunk = |i: u64| (lba + i * rs, rs.min(sectors - i * rs));
@@ -713,7 +705,11 @@ impl Disk {
             |i, buf| {
                 let (l, n) = chunk(i);
                 fill(l, &mut buf[..(n * SECTOR) as usize]);
-                Req { kind: T_OUT, lba: l, len: (n * SECTOR) as u32 }
+                Req {
+                    kind: T_OUT,
+                    lba: l,
+                    len: (n * SECTOR) as u32,
+                }
             },
             |i, st, _| {
                 let (l, n) = chunk(i);
@@ -727,9 +723,20 @@ impl Disk {
 
     /// DISCARD or WRITE_ZEROES over a range, one segment per request, each
     /// at most `max` sectors (0: no limit). The statuses, worst first.
-    fn ranged(&mut self, kind: u32, lba: u64, sectors: u64, max: u32, flags: u32) -> Result<u8, Msg> {
+    fn ranged(
+        &mut self,
+        kind: u32,
+        lba: u64,
+        sectors: u64,
+        max: u32,
+        flags: u32,
+    ) -> Result<u8, Msg> {
         self.check_range(lba, sectors)?;
-        let per = if max == 0 { sectors } else { u64::from(max).min(sectors) };
+        let per = if max == 0 {
+            sectors
+        } else {
+            u64::from(max).min(sectors)
+        };
         let chunk = |i: u64| (lba + i * per, per.min(sectors - i * per));
         let mut worst = S_OK;
         self.pipeline(
@@ -739,7 +746,11 @@ impl Disk {
                 buf[..8].copy_from_slice(&l.to_le_bytes());
                 buf[8..12].copy_from_slice(&(n as u32).to_le_bytes());
                 buf[12..16].copy_from_slice(&flags.to_le_bytes());
-                Req { kind, lba: 0, len: 16 }
+                Req {
+                    kind,
+                    lba: 0,
+                    len: 16,
+                }
             },
             |_, st, _| {
                 if st != S_OK && (worst == S_OK || st < worst) {
@@ -769,7 +780,7 @@ impl Disk {
             self.offered,
             if self.setup.msix { "msix" } else { "poll" },
             self.t.msix_entries,
-            if self.setup.msix { self.irq_entries } else { 0 }
+            self.irqs.entries
         );
     }
 }
@@ -797,7 +808,11 @@ fn op_verify(d: &mut Disk, bp: &BlkPlan) -> Result<(), Msg> {
         d.op_irqs()
     );
     if bad.count != 0 {
-        return Err(fail!("{} sectors differ from the pattern (seed {seed:#x}), first {}", bad.count, bad.first.unwrap_or(0)));
+        return Err(fail!(
+            "{} sectors differ from the pattern (seed {seed:#x}), first {}",
+            bad.count,
+            bad.first.unwrap_or(0)
+        ));
     }
     Ok(())
 }
@@ -840,7 +855,11 @@ fn op_write(d: &mut Disk, bp: &BlkPlan) -> Result<(), Msg> {
         d.op_irqs()
     );
     if bad.count != 0 {
-        return Err(fail!("{} sectors read back differ from what was written, first {}", bad.count, bad.first.unwrap_or(0)));
+        return Err(fail!(
+            "{} sectors read back differ from what was written, first {}",
+            bad.count,
+            bad.first.unwrap_or(0)
+        ));
     }
     Ok(())
 }
@@ -853,7 +872,11 @@ fn op_ro(d: &mut Disk, bp: &BlkPlan) -> Result<(), Msg> {
     d.read_region(lba, n, |_, data| before.update(data))?;
     let seed = bp.write_seed;
     let st = d.single(
-        Req { kind: T_OUT, lba, len: (n * SECTOR) as u32 },
+        Req {
+            kind: T_OUT,
+            lba,
+            len: (n * SECTOR) as u32,
+        },
         |buf| fill_pattern(seed, lba * SECTOR, &mut buf[..(n * SECTOR) as usize]),
         |_| {},
     )?;
@@ -908,9 +931,19 @@ fn op_discard(d: &mut Disk, bp: &BlkPlan) -> Result<(), Msg> {
         let _ = write!(why, "DISCARD not offered; ");
         None
     };
-    let unmap = if d.wz_may_unmap { WRITE_ZEROES_UNMAP } else { 0 };
+    let unmap = if d.wz_may_unmap {
+        WRITE_ZEROES_UNMAP
+    } else {
+        0
+    };
     let wz = if d.has(F_WRITE_ZEROES) {
-        Some(d.ranged(T_WRITE_ZEROES, lba + half, sectors - half, d.max_wz_sectors, unmap)?)
+        Some(d.ranged(
+            T_WRITE_ZEROES,
+            lba + half,
+            sectors - half,
+            d.max_wz_sectors,
+            unmap,
+        )?)
     } else {
         let _ = write!(why, "WRITE_ZEROES not offered; ");
         None
@@ -1004,7 +1037,11 @@ fn op_reset(d: &mut Disk, bp: &BlkPlan, arena: &mut Arena) -> Result<(), Msg> {
         let _ = write!(why, "sectors 0+{n} read differently after the reset; ");
     }
     if bad.count != 0 {
-        let _ = write!(why, "{} sectors written after the reset read back wrong; ", bad.count);
+        let _ = write!(
+            why,
+            "{} sectors written after the reset read back wrong; ",
+            bad.count
+        );
     }
     if why.is_empty() {
         Ok(())
@@ -1016,18 +1053,44 @@ fn op_reset(d: &mut Disk, bp: &BlkPlan, arena: &mut Arena) -> Result<(), Msg> {
 /// Requests the device must refuse: past the end, an unknown type.
 fn op_edge(d: &mut Disk) -> Result<(), Msg> {
     let cap = d.capacity;
-    let across = d.single(Req { kind: T_IN, lba: cap.saturating_sub(1), len: 2 * SECTOR as u32 }, |_| {}, |_| {})?;
-    let past = d.single(Req { kind: T_IN, lba: cap, len: SECTOR as u32 }, |_| {}, |_| {})?;
-    let bogus = d.single(Req { kind: T_BOGUS, lba: 0, len: 0 }, |_| {}, |_| {})?;
+    let across = d.single(
+        Req {
+            kind: T_IN,
+            lba: cap.saturating_sub(1),
+            len: 2 * SECTOR as u32,
+        },
+        |_| {},
+        |_| {},
+    )?;
+    let past = d.single(
+        Req {
+            kind: T_IN,
+            lba: cap,
+            len: SECTOR as u32,
+        },
+        |_| {},
+        |_| {},
+    )?;
+    let bogus = d.single(
+        Req {
+            kind: T_BOGUS,
+            lba: 0,
+            len: 0,
+        },
+        |_| {},
+        |_| {},
+    )?;
     outln!(
         "PROBE blk-edge disk={} read_across_end={across} read_past_end={past} unknown_type={bogus} irqs={}",
         d.name(),
         d.op_irqs()
     );
     let mut why = Msg::new();
-    for (what, st, want) in
-        [("read across the end", across, S_IOERR), ("read past the end", past, S_IOERR), ("unknown request type", bogus, S_UNSUPP)]
-    {
+    for (what, st, want) in [
+        ("read across the end", across, S_IOERR),
+        ("read past the end", past, S_IOERR),
+        ("unknown request type", bogus, S_UNSUPP),
+    ] {
         if st != want {
             let _ = write!(why, "{what}: status {st}, expected {want}; ");
         }
@@ -1069,9 +1132,19 @@ fn op_bench(d: &mut Disk, bp: &BlkPlan) -> Result<(), Msg> {
             x ^= x << 13;
             x ^= x >> 7;
             x ^= x << 17;
-            Req { kind: T_IN, lba: lba + 8 * (x % blocks), len: 4096 }
+            Req {
+                kind: T_IN,
+                lba: lba + 8 * (x % blocks),
+                len: 4096,
+            }
         },
-        |i, st, _| if st == S_OK { Ok(()) } else { Err(fail!("random read {i}: status {st}")) },
+        |i, st, _| {
+            if st == S_OK {
+                Ok(())
+            } else {
+                Err(fail!("random read {i}: status {st}"))
+            }
+        },
     )?;
     let rand_us = time::now_us() - t0;
     outln!(
@@ -1105,7 +1178,11 @@ fn op_durable(d: &mut Disk, bp: &BlkPlan) -> Result<(), Msg> {
         fnv.update(buf);
     })?;
     d.flush()?;
-    outln!("PROBE blk flushed disk={} lba={lba} sectors={sectors} seed={seed:#x} fnv64={:016x}", d.name(), fnv.0);
+    outln!(
+        "PROBE blk flushed disk={} lba={lba} sectors={sectors} seed={seed:#x} fnv64={:016x}",
+        d.name(),
+        fnv.0
+    );
     Ok(())
 }
 
@@ -1124,7 +1201,8 @@ fn op_name(op: BlkOp) -> &'static str {
 
 fn run_op(d: &mut Disk, op: BlkOp, bp: &BlkPlan, arena: &mut Arena) -> Result<(), Msg> {
     if d.broken {
-        d.reinit(arena).map_err(|e| fail!("re-initialising after an earlier error: {e}"))?;
+        d.reinit(arena)
+            .map_err(|e| fail!("re-initialising after an earlier error: {e}"))?;
     }
     d.op_start();
     let mut result = match op {
@@ -1144,10 +1222,16 @@ fn run_op(d: &mut Disk, op: BlkOp, bp: &BlkPlan, arena: &mut Arena) -> Result<()
         let _ = write!(why, "{e}; ");
     }
     if d.setup.msix && completions > 0 && irqs == 0 {
-        let _ = write!(why, "{completions} completions but no MSI-X interrupt counted; ");
+        let _ = write!(
+            why,
+            "{completions} completions but no MSI-X interrupt counted; "
+        );
     }
     if !d.setup.msix && irqs != 0 {
-        let _ = write!(why, "{irqs} interrupts while polling (MSI-X off, NO_VECTOR); ");
+        let _ = write!(
+            why,
+            "{irqs} interrupts while polling (MSI-X off, NO_VECTOR); "
+        );
     }
     let status = d.t.status();
     if status & S_NEEDS_RESET != 0 {
@@ -1168,9 +1252,8 @@ fn run_op(d: &mut Disk, op: BlkOp, bp: &BlkPlan, arena: &mut Arena) -> Result<()
 
 /// The `blk` check and its operations. Reports `blk` (discovery and
 /// initialisation of every virtio-blk function) and `blk-<op>` per operation.
-pub fn check(boot: &Boot, acpi: &Result<Acpi, Msg>, plan: &Plan, report: &mut dyn FnMut(&str, Result<(), Msg>)) {
+pub fn check(devices: &mut Devices, plan: &Plan, report: &mut dyn FnMut(&str, Result<(), Msg>)) {
     let bp = &plan.blk;
-    let acpi = acpi.as_ref().ok();
     outln!(
         "PROBE blk plan ops={} irq={} qd={} req_kib={}",
         BlkOps(bp),
@@ -1178,32 +1261,15 @@ pub fn check(boot: &Boot, acpi: &Result<Acpi, Msg>, plan: &Plan, report: &mut dy
         bp.qd,
         bp.req_kib
     );
-    let Some(cfg) = ConfigSpace::find(acpi) else {
-        report("blk", Err(fail!("no PCI configuration access (no ECAM, no 0xcf8)")));
-        return;
+    let bus = match devices.bus() {
+        Ok(b) => b,
+        Err(e) => {
+            report("blk", Err(e));
+            return;
+        }
     };
-    let Some(mut arena) = Arena::new(boot) else {
-        report("blk", Err(fail!("no usable RAM for DMA above 4 MiB")));
-        return;
-    };
-    let mut alloc = BarAllocator::new(acpi.and_then(|a| a.pci_mem32), acpi.and_then(|a| a.pci_mem64));
-    let (wb, wl) = alloc.window();
-    outln!("PROBE virtio window={wb:#x}-{:#x} source={} config={}", wl - 1, alloc.source, cfg.name());
-
-    let mut fns = [(DevFn(0), 0u16); 32];
-    let nfns = virtio::scan(&cfg, &mut fns);
-    let mut bars = [[virtio::Bar::default(); 6]; 32];
-    for (i, &(devfn, _)) in fns[..nfns].iter().enumerate() {
-        bars[i] = virtio::size_bars(&cfg, devfn, &mut alloc);
-    }
     let mut why = Msg::new();
-    let lapic = Lapic::new(acpi.map_or(0xfee0_0000, |a| a.lapic_addr));
-    let apic_id = if bp.msix {
-        lapic.enable();
-        lapic.id()
-    } else {
-        0
-    };
+    let apic_id = if bp.msix { bus.apic_id() } else { 0 };
     let setup = || Setup {
         msix: bp.msix,
         qd: bp.qd as usize,
@@ -1212,41 +1278,31 @@ pub fn check(boot: &Boot, acpi: &Result<Acpi, Msg>, plan: &Plan, report: &mut dy
     };
     let mut disks: [Option<Disk>; MAX_DISKS] = core::array::from_fn(|_| None);
     let mut ndisks = 0;
-    for (i, &(devfn, device)) in fns[..nfns].iter().enumerate() {
-        if let Err(e) = virtio::assign_bars(&cfg, devfn, &mut bars[i], &mut alloc) {
+    let mut found = 0;
+    let mut fns = [(0usize, DevFn(0)); MAX_DISKS + 1];
+    for (i, f) in bus.find(BLK_DEVICE_ID) {
+        if found < fns.len() {
+            fns[found] = (i, f);
+        }
+        found += 1;
+    }
+    for &(i, devfn) in &fns[..found.min(fns.len())] {
+        if let Some(e) = bus.bar_error(i) {
             let _ = write!(why, "{devfn}: {e}");
         }
-        let mut line = crate::console::Console::new();
-        let _ = write!(line, "PROBE virtio {devfn} device={device:04x} type={}", device - virtio::MODERN_BASE);
-        for (b, bar) in bars[i].iter().enumerate().filter(|(_, b)| b.size != 0) {
-            let _ = write!(
-                line,
-                " bar{b}={:#x}+{:#x}:{}{}",
-                bar.addr,
-                bar.size,
-                if bar.is64 { "mem64" } else { "mem32" },
-                if bar.by_probe { ":probe" } else { ":preset" }
-            );
-        }
-        let _ = writeln!(line);
-        drop(line);
-        if device != BLK_DEVICE_ID {
-            continue;
-        }
-        let t = match Transport::new(cfg, devfn, bars[i]) {
+        let t = match bus.transport(i) {
             Ok(t) => t,
             Err(e) => {
                 let _ = write!(why, "{devfn}: {e}");
                 continue;
             }
         };
-        outln!("PROBE virtio {devfn} caps={} msix_entries={} notify_mult={}", t.caps(), t.msix_entries, t.notify_mult);
         if ndisks == MAX_DISKS {
             let _ = write!(why, "{devfn}: more than {MAX_DISKS} disks; ");
             continue;
         }
         let mut d = Disk::new(t, setup(), apic_id);
-        match d.init(&mut arena) {
+        match d.init(&mut bus.arena) {
             Ok(()) => d.print_info(),
             Err(e) => {
                 let _ = write!(why, "{devfn}: {e}; ");
@@ -1256,14 +1312,17 @@ pub fn check(boot: &Boot, acpi: &Result<Acpi, Msg>, plan: &Plan, report: &mut dy
         disks[ndisks] = Some(d);
         ndisks += 1;
     }
-    let found = fns[..nfns].iter().filter(|f| f.1 == BLK_DEVICE_ID).count();
+    let arena = &mut bus.arena;
     outln!("PROBE blk disks={found} ready={ndisks}");
     match bp.disks {
         Some(want) if want != found as u64 => {
             let _ = write!(why, "{found} virtio-blk functions, expected {want}; ");
         }
         None if found == 0 => {
-            let _ = write!(why, "no virtio-blk function (vendor 1af4 device 1042) on bus 0; ");
+            let _ = write!(
+                why,
+                "no virtio-blk function (vendor 1af4 device 1042) on bus 0; "
+            );
         }
         _ => {}
     }
@@ -1279,7 +1338,7 @@ pub fn check(boot: &Boot, acpi: &Result<Acpi, Msg>, plan: &Plan, report: &mut dy
                 continue;
             }
             ran += 1;
-            if let Err(e) = run_op(d, op, bp, &mut arena) {
+            if let Err(e) = run_op(d, op, bp, arena) {
                 let _ = write!(why, "{}: {e}; ", d.name());
             }
         }

@@ -116,7 +116,12 @@ fn read_pvh(boot: &mut Boot) {
         if entries > 0 && phys_readable(map, entries as u64 * 24) {
             for i in 0..entries.min(MEMMAP_MAX) {
                 let e = map + i as u64 * 24;
-                push_region(boot, phys_read_u64(e), phys_read_u64(e + 8), phys_read_u32(e + 16));
+                push_region(
+                    boot,
+                    phys_read_u64(e),
+                    phys_read_u64(e + 8),
+                    phys_read_u32(e + 16),
+                );
             }
         }
     }
@@ -132,13 +137,19 @@ fn read_linux(boot: &mut Boot) {
     if phys_read_u32(bp + 0x202) != 0x5372_6448 {
         boot.problem = Some("boot_params without setup header");
     }
-    boot.cmdline_addr = u64::from(phys_read_u32(bp + 0x228)) | (u64::from(phys_read_u32(bp + 0x0c8)) << 32);
+    boot.cmdline_addr =
+        u64::from(phys_read_u32(bp + 0x228)) | (u64::from(phys_read_u32(bp + 0x0c8)) << 32);
     boot.rsdp = phys_read_u64(bp + 0x070);
     read_cmdline(boot);
     let entries = usize::from(phys_read_u8(bp + 0x1e8));
     for i in 0..entries.min(128) {
         let e = bp + 0x2d0 + i as u64 * 20;
-        push_region(boot, phys_read_u64(e), phys_read_u64(e + 8), phys_read_u32(e + 16));
+        push_region(
+            boot,
+            phys_read_u64(e),
+            phys_read_u64(e + 8),
+            phys_read_u32(e + 16),
+        );
     }
 }
 

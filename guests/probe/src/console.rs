@@ -50,7 +50,10 @@ pub struct Console {
 
 impl Console {
     pub const fn new() -> Console {
-        Console { buf: [0; 256], len: 0 }
+        Console {
+            buf: [0; 256],
+            len: 0,
+        }
     }
 
     fn flush(&mut self) {
@@ -112,7 +115,11 @@ pub struct Sig<'a>(pub &'a [u8]);
 impl fmt::Display for Sig<'_> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         for &b in self.0 {
-            let c = if (0x21..=0x7e).contains(&b) { b as char } else { '?' };
+            let c = if (0x21..=0x7e).contains(&b) {
+                b as char
+            } else {
+                '?'
+            };
             fmt::Write::write_char(f, c)?;
         }
         Ok(())

@@ -92,13 +92,19 @@ pub fn pause() {
 /// Is `[addr, addr + len)` inside the identity map the probe can always
 /// read (below 4 GiB), and not at address 0 (a null pointer to Rust)?
 pub fn phys_readable(addr: u64, len: u64) -> bool {
-    addr != 0 && addr.checked_add(len).is_some_and(|end| end <= 0x1_0000_0000)
+    addr != 0
+        && addr
+            .checked_add(len)
+            .is_some_and(|end| end <= 0x1_0000_0000)
 }
 
 /// A view of guest-physical memory (RAM, or ROM such as the BIOS area).
 /// Panics (a probe bug, reported on COM1) if the range is not mapped.
 pub fn phys_bytes(addr: u64, len: usize) -> &'static [u8] {
-    assert!(phys_readable(addr, len as u64), "physical range {addr:#x}+{len:#x} not mapped");
+    assert!(
+        phys_readable(addr, len as u64),
+        "physical range {addr:#x}+{len:#x} not mapped"
+    );
     // SAFETY: the range is identity-mapped and readable (checked above); the
     // probe never writes the firmware tables and boot data it views.
     unsafe { core::slice::from_raw_parts(addr as *const u8, len) }
@@ -160,7 +166,10 @@ pub fn mmio_write16(addr: u64, value: u16) {
 
 /// The probe's own memory: `[start, end)`.
 pub fn image_range() -> (u64, u64) {
-    (&raw const crate::entry::__image_start as u64, &raw const crate::entry::__image_end as u64)
+    (
+        &raw const crate::entry::__image_start as u64,
+        &raw const crate::entry::__image_end as u64,
+    )
 }
 
 /// Write a byte range of low RAM (below 4 GiB, outside the probe's image).

@@ -53,7 +53,11 @@ pub fn check(acpi: &Result<Acpi, Msg>) -> Result<(), Msg> {
     let timer_ok = time::wait_ms(500, || PROBE_TIMER_TICKS.load(Ordering::SeqCst) != ticks0);
     lapic.write(lapic::LVT_TIMER, 1 << 16); // masked
     let ticks = PROBE_TIMER_TICKS.load(Ordering::SeqCst) - ticks0;
-    outln!("PROBE irq lapic_timer_ticks={} vector={:#x}", ticks, lapic::TIMER_VECTOR);
+    outln!(
+        "PROBE irq lapic_timer_ticks={} vector={:#x}",
+        ticks,
+        lapic::TIMER_VECTOR
+    );
     if !timer_ok {
         let _ = write!(why, "no LAPIC timer interrupt within 500 ms; ");
     }
@@ -82,7 +86,7 @@ pub fn check(acpi: &Result<Acpi, Msg>) -> Result<(), Msg> {
     let _ = inb(COM1 + 2); // clear a stale THRE indication
     outb(COM1 + 4, 0x0b); // DTR | RTS | OUT2
     outb(COM1 + 1, 0x02); // IER: THR empty
-    // This line itself writes THR, which (re)raises "THR empty".
+                          // This line itself writes THR, which (re)raises "THR empty".
     outln!(
         "PROBE irq com1_gsi={} ioapic={:#x} pin={} polarity={} trigger={} vector={:#x}",
         gsi,

@@ -2,7 +2,8 @@
 //! kvm-unit-tests. It boots through PVH or the Linux boot protocol, reads a
 //! test plan from its command line (`probe.KEY=VALUE`), checks the machine
 //! it finds (memory map, ACPI, SMP bring-up, RTC, PCI, interrupts) and, on
-//! request, drives virtio-blk disks (`blk`), prints
+//! request, drives virtio devices (disks `blk`, entropy `rng`, network
+//! `net`), prints
 //! one machine-readable line per fact on COM1 and powers off.
 //!
 //! Ring 0 is assembly only (`entry.rs`); everything here runs in ring 3
@@ -23,13 +24,16 @@ mod blk;
 mod boot;
 mod dma;
 mod entry;
+mod eth;
 mod hw;
 mod irq;
 mod lapic;
 mod memory;
+mod net;
 mod pci;
 mod plan;
 mod power;
+mod rng;
 mod rtc;
 mod smp;
 mod time;
@@ -54,7 +58,10 @@ impl Tally {
             Err(why) => {
                 self.fail += 1;
                 let text = why.as_str().trim_end_matches([' ', ';']);
-                outln!("PROBE-CHECK {name} fail {}", if text.is_empty() { "(no reason)" } else { text });
+                outln!(
+                    "PROBE-CHECK {name} fail {}",
+                    if text.is_empty() { "(no reason)" } else { text }
+                );
             }
         }
     }
@@ -85,7 +92,10 @@ fn check_cmdline(boot: &boot::Boot, plan: &Plan) -> Result<(), Msg> {
     if let Some((want, offset)) = plan.cmdline_fnv {
         let got = plan::fnv1a64(&line[..offset]);
         if got != want {
-            let _ = write!(why, "fnv64 of the first {offset} bytes {got:016x} expected {want:016x}; ");
+            let _ = write!(
+                why,
+                "fnv64 of the first {offset} bytes {got:016x} expected {want:016x}; "
+            );
         }
     }
     if why.is_empty() {
@@ -106,7 +116,11 @@ pub extern "C" fn probe_main() -> ! {
     outln!("PROBE cmdline {}", Quoted(boot.cmdline()));
     let plan = plan::parse(boot.cmdline());
     let high = memory::map_high_ram(&boot);
-    outln!("PROBE plan checks={} exit={}", plan::Selected(&plan), plan.exit.name());
+    outln!(
+        "PROBE plan checks={} exit={}",
+        plan::Selected(&plan),
+        plan.exit.name()
+    );
     let cal = time::calibrate();
     outln!("PROBE clock tsc_khz={} source={}", cal.tsc_khz, cal.source);
     let acpi = acpi::discover(&boot);
@@ -115,6 +129,7 @@ pub extern "C" fn probe_main() -> ! {
     }
 
     let t0 = time::now_us();
+    let mut devices = virtio::bus::Devices::new(&boot, acpi.as_ref().ok());
     let mut tally = Tally { pass: 0, fail: 0 };
     if !plan.errors.is_empty() {
         tally.report("plan", Err(fail!("{}", plan.errors)));
@@ -129,13 +144,26 @@ pub extern "C" fn probe_main() -> ! {
             Check::Acpi => acpi::check(&acpi),
             Check::Smp => smp::check(&acpi, &plan),
             Check::Rtc => {
-                let century = acpi.as_ref().ok().and_then(|a| a.fadt.as_ref()).map_or(0, |f| f.century);
+                let century = acpi
+                    .as_ref()
+                    .ok()
+                    .and_then(|a| a.fadt.as_ref())
+                    .map_or(0, |f| f.century);
                 rtc::check(&plan, century)
             }
             Check::Pci => pci::check(&acpi, &plan),
             Check::Irq => irq::check(&acpi),
             Check::Blk => {
-                blk::check(&boot, &acpi, &plan, &mut |name, result| tally.report(name, result));
+                blk::check(&mut devices, &plan, &mut |name, result| {
+                    tally.report(name, result)
+                });
+                continue;
+            }
+            Check::Rng => rng::check(&mut devices, &plan),
+            Check::Net => {
+                net::check(&mut devices, &plan, &mut |name, result| {
+                    tally.report(name, result)
+                });
                 continue;
             }
         };

@@ -32,11 +32,19 @@ fn map_high(start: u64, end: u64, next_pd: &mut usize) -> Option<u64> {
                 return Some(gib * GIB);
             }
             // SAFETY: pool page `next_pd` is unused until now; only written here.
-            let pd = unsafe { (&raw mut entry::probe_pd_pool).cast::<[u64; 512]>().add(*next_pd) };
+            let pd = unsafe {
+                (&raw mut entry::probe_pd_pool)
+                    .cast::<[u64; 512]>()
+                    .add(*next_pd)
+            };
             *next_pd += 1;
             for i in 0..512u64 {
                 // SAFETY: index within the 512-entry page directory.
-                unsafe { pd.cast::<u64>().add(i as usize).write_volatile((gib * GIB + i * (2 << 20)) | PAGE_FLAGS) };
+                unsafe {
+                    pd.cast::<u64>()
+                        .add(i as usize)
+                        .write_volatile((gib * GIB + i * (2 << 20)) | PAGE_FLAGS)
+                };
             }
             // SAFETY: see above.
             unsafe { slot.write_volatile(pd as u64 | 0x07) };
@@ -78,7 +86,10 @@ pub fn map_high_ram(boot: &Boot) -> HighMap {
         }
     }
     POOL_USED.store(next_pd, Ordering::Relaxed);
-    HighMap { gib_mapped: next_pd, unmapped }
+    HighMap {
+        gib_mapped: next_pd,
+        unmapped,
+    }
 }
 
 /// Pages of `probe_pd_pool` handed out so far (RAM above 4 GiB, then MMIO).
@@ -92,7 +103,12 @@ fn pool_page() -> Option<*mut u64> {
     }
     POOL_USED.store(n + 1, Ordering::Relaxed);
     // SAFETY: pool page `n` was never handed out; only this code writes the pool.
-    let page = unsafe { (&raw mut entry::probe_pd_pool).cast::<[u64; 512]>().add(n).cast::<u64>() };
+    let page = unsafe {
+        (&raw mut entry::probe_pd_pool)
+            .cast::<[u64; 512]>()
+            .add(n)
+            .cast::<u64>()
+    };
     for i in 0..512 {
         // SAFETY: within the 4 KiB page.
         unsafe { page.add(i).write_volatile(0) };
@@ -114,8 +130,15 @@ static MMIO_ALIAS_NEXT: AtomicU64 = AtomicU64::new(MMIO_ALIAS_BASE);
 pub fn map_mmio(start: u64, len: u64) -> Result<u64, u64> {
     const PAGE: u64 = 2 << 20;
     let first = start & !(PAGE - 1);
-    let end = start.checked_add(len).and_then(|e| e.checked_next_multiple_of(PAGE)).ok_or(start)?;
-    let va = if end <= 1 << 47 { first } else { MMIO_ALIAS_NEXT.fetch_add(end - first, Ordering::Relaxed) };
+    let end = start
+        .checked_add(len)
+        .and_then(|e| e.checked_next_multiple_of(PAGE))
+        .ok_or(start)?;
+    let va = if end <= 1 << 47 {
+        first
+    } else {
+        MMIO_ALIAS_NEXT.fetch_add(end - first, Ordering::Relaxed)
+    };
     map_pages(va, first, end - first)?;
     Ok(va + (start - first))
 }
@@ -162,7 +185,12 @@ pub fn check(boot: &Boot, plan: &Plan, high: &HighMap) -> Result<(), Msg> {
     let mut usable = 0u64;
     let mut usable_regions = 0;
     for r in boot.regions() {
-        outln!("PROBE memory map start={:#x} end={:#x} type={}", r.start, r.start.wrapping_add(r.size), r.kind);
+        outln!(
+            "PROBE memory map start={:#x} end={:#x} type={}",
+            r.start,
+            r.start.wrapping_add(r.size),
+            r.kind
+        );
         if r.kind == E820_RAM {
             usable += r.size;
             usable_regions += 1;
@@ -178,13 +206,20 @@ pub fn check(boot: &Boot, plan: &Plan, high: &HighMap) -> Result<(), Msg> {
         let _ = write!(why, "no usable RAM in the memory map; ");
     }
     if let Some(a) = high.unmapped {
-        let _ = write!(why, "cannot map RAM at {a:#x} (more than the probe's page-directory pool covers); ");
+        let _ = write!(
+            why,
+            "cannot map RAM at {a:#x} (more than the probe's page-directory pool covers); "
+        );
     }
 
     let (img_start, img_end) = image_range();
     let mapped_end = high.unmapped.unwrap_or(u64::MAX);
     let mut touched = 0;
-    for r in boot.regions().iter().filter(|r| r.kind == E820_RAM && r.size >= 16) {
+    for r in boot
+        .regions()
+        .iter()
+        .filter(|r| r.kind == E820_RAM && r.size >= 16)
+    {
         let end = r.start.saturating_add(r.size);
         for addr in [(r.start + 7) & !7, (end - 8) & !7] {
             if addr < 0x1000 || (addr + 8 > img_start && addr < img_end) || addr + 8 > mapped_end {
@@ -197,12 +232,21 @@ pub fn check(boot: &Boot, plan: &Plan, high: &HighMap) -> Result<(), Msg> {
             }
         }
     }
-    outln!("PROBE memory touched={} high_gib_mapped={}", touched, high.gib_mapped);
+    outln!(
+        "PROBE memory touched={} high_gib_mapped={}",
+        touched,
+        high.gib_mapped
+    );
 
     if let Some(mib) = plan.mem_mib {
         let want = mib << 20;
         if usable > want || usable < want - want / 20 {
-            let _ = write!(why, "usable {} KiB, expected within 5% below {} KiB; ", usable >> 10, want >> 10);
+            let _ = write!(
+                why,
+                "usable {} KiB, expected within 5% below {} KiB; ",
+                usable >> 10,
+                want >> 10
+            );
         }
     }
     if why.is_empty() {

@@ -9,7 +9,10 @@ pub struct Msg {
 
 impl Msg {
     pub const fn new() -> Msg {
-        Msg { buf: [0; 384], len: 0 }
+        Msg {
+            buf: [0; 384],
+            len: 0,
+        }
     }
 
     pub fn is_empty(&self) -> bool {

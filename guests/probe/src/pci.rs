@@ -28,7 +28,10 @@ impl Bus0 {
 }
 
 fn enumerate(read: impl Fn(u8, u8, u16) -> u32) -> Bus0 {
-    let mut bus = Bus0 { funcs: [Function::default(); 256], count: 0 };
+    let mut bus = Bus0 {
+        funcs: [Function::default(); 256],
+        count: 0,
+    };
     for dev in 0..32u8 {
         for func in 0..8u8 {
             let id = read(dev, func, 0);
@@ -39,8 +42,12 @@ fn enumerate(read: impl Fn(u8, u8, u16) -> u32) -> Bus0 {
                 continue;
             }
             let class = read(dev, func, 8) >> 8;
-            bus.funcs[bus.count] =
-                Function { devfn: dev << 3 | func, vendor: id as u16, device: (id >> 16) as u16, class };
+            bus.funcs[bus.count] = Function {
+                devfn: dev << 3 | func,
+                vendor: id as u16,
+                device: (id >> 16) as u16,
+                class,
+            };
             bus.count += 1;
             let header_type = (read(dev, func, 0x0c) >> 16) as u8;
             if func == 0 && header_type & 0x80 == 0 {
@@ -52,7 +59,10 @@ fn enumerate(read: impl Fn(u8, u8, u16) -> u32) -> Bus0 {
 }
 
 fn cf8_read(dev: u8, func: u8, reg: u16) -> u32 {
-    outl(0xcf8, 0x8000_0000 | u32::from(dev) << 11 | u32::from(func) << 8 | u32::from(reg & 0xfc));
+    outl(
+        0xcf8,
+        0x8000_0000 | u32::from(dev) << 11 | u32::from(func) << 8 | u32::from(reg & 0xfc),
+    );
     inl(0xcfc)
 }
 
@@ -75,7 +85,12 @@ pub enum ConfigSpace {
 
 impl ConfigSpace {
     pub fn find(acpi: Option<&Acpi>) -> Option<ConfigSpace> {
-        let mcfg = acpi.and_then(|a| a.mcfg().iter().find(|m| m.segment == 0 && m.bus_start == 0).map(|m| m.base));
+        let mcfg = acpi.and_then(|a| {
+            a.mcfg()
+                .iter()
+                .find(|m| m.segment == 0 && m.bus_start == 0)
+                .map(|m| m.base)
+        });
         match mcfg.or_else(|| acpi.and_then(|a| a.cba)) {
             Some(base) if phys_readable(base, 1 << 20) => Some(ConfigSpace::Ecam(base)),
             _ => cf8_present().then_some(ConfigSpace::Cf8),
@@ -94,7 +109,10 @@ impl ConfigSpace {
     }
 
     fn cf8_select(devfn: u8, reg: u16) {
-        outl(0xcf8, 0x8000_0000 | u32::from(devfn) << 8 | u32::from(reg & 0xfc));
+        outl(
+            0xcf8,
+            0x8000_0000 | u32::from(devfn) << 8 | u32::from(reg & 0xfc),
+        );
     }
 
     pub fn read32(&self, devfn: u8, reg: u16) -> u32 {
@@ -143,7 +161,12 @@ pub fn check(acpi: &Result<Acpi, Msg>, plan: &Plan) -> Result<(), Msg> {
     let cf8 = cf8_present().then(|| enumerate(cf8_read));
     // MCFG, else a `_CBA` in the DSDT (QEMU microvm describes ECAM only there).
     let acpi = acpi.as_ref().ok();
-    let mcfg = acpi.and_then(|a| a.mcfg().iter().find(|m| m.segment == 0 && m.bus_start == 0).map(|m| m.base));
+    let mcfg = acpi.and_then(|a| {
+        a.mcfg()
+            .iter()
+            .find(|m| m.segment == 0 && m.bus_start == 0)
+            .map(|m| m.base)
+    });
     let (ecam_base, ecam_source) = match (mcfg, acpi.and_then(|a| a.cba)) {
         (Some(b), _) => (Some(b), "mcfg"),
         (None, Some(b)) => (Some(b), "dsdt-cba"),
@@ -151,7 +174,9 @@ pub fn check(acpi: &Result<Acpi, Msg>, plan: &Plan) -> Result<(), Msg> {
     };
     let ecam = match ecam_base {
         Some(base) if phys_readable(base, 1 << 20) => Some(enumerate(|dev, func, reg| {
-            mmio_read32(base + (u64::from(dev) << 15 | u64::from(func) << 12 | u64::from(reg & 0xffc)))
+            mmio_read32(
+                base + (u64::from(dev) << 15 | u64::from(func) << 12 | u64::from(reg & 0xffc)),
+            )
         })),
         Some(base) => {
             let _ = write!(why, "ECAM at {base:#x} is outside the probe's map; ");
@@ -162,7 +187,11 @@ pub fn check(acpi: &Result<Acpi, Msg>, plan: &Plan) -> Result<(), Msg> {
     let shown = match (&cf8, &ecam) {
         (Some(a), _) => a,
         (None, Some(b)) => b,
-        (None, None) => return Err(fail!("neither configuration mechanism #1 nor ECAM (MCFG or _CBA)")),
+        (None, None) => {
+            return Err(fail!(
+                "neither configuration mechanism #1 nor ECAM (MCFG or _CBA)"
+            ))
+        }
     };
     for f in shown.list() {
         outln!(
@@ -187,12 +216,30 @@ pub fn check(acpi: &Result<Acpi, Msg>, plan: &Plan) -> Result<(), Msg> {
         if agree { "yes" } else { "no" }
     );
     if let (Some(a), Some(b), false) = (&cf8, &ecam, agree) {
-        let _ = write!(why, "mechanism #1 sees {} functions, ECAM {}: ", a.count, b.count);
+        let _ = write!(
+            why,
+            "mechanism #1 sees {} functions, ECAM {}: ",
+            a.count, b.count
+        );
         for f in b.list().iter().filter(|f| !a.list().contains(f)) {
-            let _ = write!(why, "ecam-only 00:{:02x}.{} {:04x}:{:04x}; ", f.devfn >> 3, f.devfn & 7, f.vendor, f.device);
+            let _ = write!(
+                why,
+                "ecam-only 00:{:02x}.{} {:04x}:{:04x}; ",
+                f.devfn >> 3,
+                f.devfn & 7,
+                f.vendor,
+                f.device
+            );
         }
         for f in a.list().iter().filter(|f| !b.list().contains(f)) {
-            let _ = write!(why, "cf8-only 00:{:02x}.{} {:04x}:{:04x}; ", f.devfn >> 3, f.devfn & 7, f.vendor, f.device);
+            let _ = write!(
+                why,
+                "cf8-only 00:{:02x}.{} {:04x}:{:04x}; ",
+                f.devfn >> 3,
+                f.devfn & 7,
+                f.vendor,
+                f.device
+            );
         }
     }
     if let Some(want) = plan.pci_devices {

@@ -13,10 +13,12 @@ pub enum Check {
     Pci,
     Irq,
     Blk,
+    Rng,
+    Net,
 }
 
 /// Every check, in the order they run.
-pub const ALL_CHECKS: [Check; 8] = [
+pub const ALL_CHECKS: [Check; 10] = [
     Check::Cmdline,
     Check::Memory,
     Check::Acpi,
@@ -25,12 +27,18 @@ pub const ALL_CHECKS: [Check; 8] = [
     Check::Pci,
     Check::Irq,
     Check::Blk,
+    Check::Rng,
+    Check::Net,
 ];
 
-/// What runs by default and for `all`: the machine checks. `blk` drives
-/// devices (assigns BARs, writes disks), so it only runs when named.
+/// What runs by default and for `all`: the machine checks. `blk`, `rng`
+/// and `net` drive devices (assign BARs, write disks, send frames), so they
+/// only run when named.
 fn default_checks() -> u32 {
-    ALL_CHECKS.iter().filter(|c| **c != Check::Blk).fold(0, |m, c| m | c.bit())
+    ALL_CHECKS
+        .iter()
+        .filter(|c| !matches!(c, Check::Blk | Check::Rng | Check::Net))
+        .fold(0, |m, c| m | c.bit())
 }
 
 impl Check {
@@ -44,6 +52,8 @@ impl Check {
             Check::Pci => "pci",
             Check::Irq => "irq",
             Check::Blk => "blk",
+            Check::Rng => "rng",
+            Check::Net => "net",
         }
     }
 
@@ -90,8 +100,16 @@ pub enum BlkOp {
     Durable,
 }
 
-pub const BLK_OPS: [BlkOp; 8] =
-    [BlkOp::Verify, BlkOp::Write, BlkOp::Ro, BlkOp::Discard, BlkOp::Reset, BlkOp::Edge, BlkOp::Bench, BlkOp::Durable];
+pub const BLK_OPS: [BlkOp; 8] = [
+    BlkOp::Verify,
+    BlkOp::Write,
+    BlkOp::Ro,
+    BlkOp::Discard,
+    BlkOp::Reset,
+    BlkOp::Edge,
+    BlkOp::Bench,
+    BlkOp::Durable,
+];
 
 impl BlkOp {
     pub fn name(self) -> &'static str {
@@ -160,6 +178,40 @@ impl core::fmt::Display for BlkOps<'_> {
     }
 }
 
+/// The `rng` check's parameters (`probe.rng_*`).
+pub struct RngPlan {
+    pub msix: bool,
+    pub bytes: u64,
+    /// Bytes per request (buffer size).
+    pub req: u64,
+    /// Expected number of virtio-rng functions.
+    pub devs: Option<u64>,
+}
+
+/// At most this many NICs are driven (and addressed by `probe.net_ip`).
+pub const MAX_NICS: usize = 4;
+
+/// The `net` check's parameters (`probe.net_*`; README).
+pub struct NetPlan {
+    pub msix: bool,
+    pub nics: Option<u64>,
+    pub nic: Option<u64>,
+    pub offload: bool,
+    pub mrg: bool,
+    pub rx_buf: u64,
+    pub ip: [Option<[u8; 4]>; MAX_NICS],
+    pub peer: [Option<[u8; 4]>; MAX_NICS],
+    pub serve_ms: Option<u64>,
+    pub pings: u64,
+    pub tx_frames: u64,
+    pub rx_frames: u64,
+    pub bench: u64,
+    pub bench_frames: u64,
+    pub bench_pings: u64,
+    pub window: u64,
+    pub tso: u64,
+}
+
 pub struct Plan {
     checks: u32,
     pub cpus: Option<u64>,
@@ -172,6 +224,8 @@ pub struct Plan {
     /// the token's byte offset.
     pub cmdline_fnv: Option<(u64, usize)>,
     pub blk: BlkPlan,
+    pub rng: RngPlan,
+    pub net: NetPlan,
     /// Unknown keys and bad values: they fail the `plan` pseudo-check.
     pub errors: Msg,
 }
@@ -211,6 +265,31 @@ pub fn parse(cmdline: &[u8]) -> Plan {
             bench_mib: 0,
             bench_ios: 10_000,
         },
+        rng: RngPlan {
+            msix: true,
+            bytes: 1 << 20,
+            req: 4096,
+            devs: None,
+        },
+        net: NetPlan {
+            msix: true,
+            nics: None,
+            nic: None,
+            offload: false,
+            mrg: true,
+            rx_buf: 2048,
+            ip: [None; MAX_NICS],
+            peer: [None; MAX_NICS],
+            serve_ms: None,
+            pings: 0,
+            tx_frames: 0,
+            rx_frames: 0,
+            bench: 0,
+            bench_frames: 100_000,
+            bench_pings: 1000,
+            window: 256,
+            tso: 0,
+        },
         errors: Msg::new(),
     };
     let mut pos = 0;
@@ -223,7 +302,9 @@ pub fn parse(cmdline: &[u8]) -> Plan {
             pos += 1;
         }
         let token = &cmdline[start..pos];
-        let Some(rest) = token.strip_prefix(b"probe.") else { continue };
+        let Some(rest) = token.strip_prefix(b"probe.") else {
+            continue;
+        };
         let (key, value) = match rest.iter().position(|&b| b == b'=') {
             Some(eq) => (&rest[..eq], &rest[eq + 1..]),
             None => (rest, &b""[..]),
@@ -312,6 +393,36 @@ fn apply(plan: &mut Plan, key: &[u8], value: &[u8], offset: usize) -> bool {
             }
         }
         b"blk_bench_ios" => return set_num(&mut plan.blk.bench_ios, value, 1, 1 << 32),
+        b"rng_irq" => return set_irq(&mut plan.rng.msix, value),
+        b"rng_bytes" => return set_num(&mut plan.rng.bytes, value, 1, 1 << 34),
+        b"rng_req" => return set_num(&mut plan.rng.req, value, 1, 65536),
+        b"rng_devs" => return set(&mut plan.rng.devs, parse_num(value)),
+        b"net_irq" => return set_irq(&mut plan.net.msix, value),
+        b"net_nics" => return set(&mut plan.net.nics, parse_num(value)),
+        b"net_nic" if value == b"all" => plan.net.nic = None,
+        b"net_nic" => return set(&mut plan.net.nic, parse_num(value)),
+        b"net_offload" => return set_bool(&mut plan.net.offload, value),
+        b"net_mrg" => return set_bool(&mut plan.net.mrg, value),
+        b"net_rx_buf" => return set_num(&mut plan.net.rx_buf, value, 64, 4096),
+        b"net_ip" => return set_ips(&mut plan.net.ip, value),
+        b"net_peer" => return set_ips(&mut plan.net.peer, value),
+        b"net_serve_ms" => {
+            return set(
+                &mut plan.net.serve_ms,
+                parse_num(value).filter(|&v| v <= 3_600_000),
+            )
+        }
+        b"net_pings" => return set_num(&mut plan.net.pings, value, 0, 1 << 32),
+        b"net_tx_frames" => return set_num(&mut plan.net.tx_frames, value, 0, 1 << 32),
+        b"net_rx_frames" => return set_num(&mut plan.net.rx_frames, value, 0, 1 << 32),
+        b"net_bench" => match parse_num(value) {
+            Some(v @ (0 | 60..=65535)) => plan.net.bench = v,
+            _ => return false,
+        },
+        b"net_bench_frames" => return set_num(&mut plan.net.bench_frames, value, 1, 1 << 32),
+        b"net_bench_pings" => return set_num(&mut plan.net.bench_pings, value, 0, 1 << 20),
+        b"net_window" => return set_num(&mut plan.net.window, value, 1, 4096),
+        b"net_tso" => return set_num(&mut plan.net.tso, value, 0, 65000),
         b"exit" => {
             plan.exit = match value {
                 b"poweroff" => Exit::Poweroff,
@@ -325,6 +436,50 @@ fn apply(plan: &mut Plan, key: &[u8], value: &[u8], offset: usize) -> bool {
         _ => return false,
     }
     true
+}
+
+fn set_irq(msix: &mut bool, value: &[u8]) -> bool {
+    *msix = match value {
+        b"msix" => true,
+        b"poll" => false,
+        _ => return false,
+    };
+    true
+}
+
+fn set_bool(slot: &mut bool, value: &[u8]) -> bool {
+    *slot = match value {
+        b"1" => true,
+        b"0" => false,
+        _ => return false,
+    };
+    true
+}
+
+/// `A.B.C.D[,A.B.C.D...]`: the i-th address for the i-th NIC.
+fn set_ips(slots: &mut [Option<[u8; 4]>; MAX_NICS], value: &[u8]) -> bool {
+    let mut out = [None; MAX_NICS];
+    for (i, part) in value.split(|&b| b == b',').enumerate() {
+        match (out.get_mut(i), parse_ipv4(part)) {
+            (Some(slot), Some(ip)) => *slot = Some(ip),
+            _ => return false,
+        }
+    }
+    *slots = out;
+    true
+}
+
+pub fn parse_ipv4(s: &[u8]) -> Option<[u8; 4]> {
+    let mut ip = [0u8; 4];
+    let mut n = 0;
+    for part in s.split(|&b| b == b'.') {
+        if n == 4 || part.len() > 3 {
+            return None;
+        }
+        ip[n] = u8::try_from(parse_dec(part)?).ok()?;
+        n += 1;
+    }
+    (n == 4).then_some(ip)
 }
 
 fn set(slot: &mut Option<u64>, value: Option<u64>) -> bool {
@@ -355,7 +510,9 @@ pub fn parse_dec(s: &[u8]) -> Option<u64> {
     if s.is_empty() || s.len() > 19 {
         return None;
     }
-    s.iter().try_fold(0u64, |acc, &b| b.is_ascii_digit().then(|| acc * 10 + u64::from(b - b'0')))
+    s.iter().try_fold(0u64, |acc, &b| {
+        b.is_ascii_digit().then(|| acc * 10 + u64::from(b - b'0'))
+    })
 }
 
 pub fn parse_hex(s: &[u8]) -> Option<u64> {
@@ -375,7 +532,9 @@ pub fn parse_hex(s: &[u8]) -> Option<u64> {
 
 /// FNV-1a, 64-bit.
 pub fn fnv1a64(bytes: &[u8]) -> u64 {
-    bytes.iter().fold(0xcbf2_9ce4_8422_2325, |h, &b| (h ^ u64::from(b)).wrapping_mul(0x0000_0100_0000_01b3))
+    bytes.iter().fold(0xcbf2_9ce4_8422_2325, |h, &b| {
+        (h ^ u64::from(b)).wrapping_mul(0x0000_0100_0000_01b3)
+    })
 }
 
 /// The selected checks, comma-separated ("none" if none).

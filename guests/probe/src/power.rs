@@ -3,7 +3,10 @@
 //! or halting for good.
 
 use crate::acpi::{Acpi, Gas, GAS_IO, GAS_MEMORY};
-use crate::hw::{inb, inl, inw, mmio_read16, mmio_read32, mmio_read8, mmio_write16, mmio_write32, mmio_write8, outb, outl, outw};
+use crate::hw::{
+    inb, inl, inw, mmio_read16, mmio_read32, mmio_read8, mmio_write16, mmio_write32, mmio_write8,
+    outb, outl, outw,
+};
 use crate::msg::Msg;
 use crate::plan::Exit;
 use crate::{entry, time};
@@ -54,7 +57,9 @@ pub fn poweroff_write(acpi: &Acpi) -> Result<(Gas, u64), Msg> {
     let s5 = u64::from(acpi.s5.ok_or_else(|| fail!("no \\_S5 in the DSDT"))?);
     if fadt.hw_reduced {
         if !fadt.sleep_control.present() {
-            return Err(fail!("hardware-reduced FADT without sleep control register"));
+            return Err(fail!(
+                "hardware-reduced FADT without sleep control register"
+            ));
         }
         Ok((fadt.sleep_control, ((s5 & 7) << 2) | SLP_EN_HW_REDUCED))
     } else {
@@ -62,13 +67,18 @@ pub fn poweroff_write(acpi: &Acpi) -> Result<(Gas, u64), Msg> {
             return Err(fail!("no PM1a control block"));
         }
         let cur = gas_read(&fadt.pm1a_cnt).unwrap_or(0);
-        Ok((fadt.pm1a_cnt, (cur & !(PM1_SLP_TYP_MASK | PM1_SLP_EN)) | ((s5 & 7) << 10) | PM1_SLP_EN))
+        Ok((
+            fadt.pm1a_cnt,
+            (cur & !(PM1_SLP_TYP_MASK | PM1_SLP_EN)) | ((s5 & 7) << 10) | PM1_SLP_EN,
+        ))
     }
 }
 
 /// Let a fatal exception power the machine off instead of just halting.
 pub fn arm_fatal_exit(acpi: &Acpi) {
-    let Ok((g, value)) = poweroff_write(acpi) else { return };
+    let Ok((g, value)) = poweroff_write(acpi) else {
+        return;
+    };
     let kind = match (g.space, g.width()) {
         (GAS_IO, 8) => 1,
         (GAS_IO, 16) => 2,
@@ -106,7 +116,9 @@ fn enable_acpi_mode(acpi: &Acpi) {
     }
     if gas_read(&f.pm1a_cnt).is_some_and(|v| v & PM1_SCI_EN == 0) {
         outb(f.smi_cmd as u16, f.acpi_enable);
-        time::wait_ms(300, || gas_read(&f.pm1a_cnt).is_some_and(|v| v & PM1_SCI_EN != 0));
+        time::wait_ms(300, || {
+            gas_read(&f.pm1a_cnt).is_some_and(|v| v & PM1_SCI_EN != 0)
+        });
     }
 }
 
@@ -138,15 +150,25 @@ pub fn exit(how: Exit, acpi: &Result<Acpi, Msg>) -> ! {
                 match poweroff_write(a) {
                     Ok((g, value)) => {
                         gas_write(&g, value);
-                        if let Some(b) = a.fadt.as_ref().map(|f| f.pm1b_cnt).filter(|g| g.present() && !a.fadt.as_ref().is_some_and(|f| f.hw_reduced)) {
+                        if let Some(b) = a.fadt.as_ref().map(|f| f.pm1b_cnt).filter(|g| {
+                            g.present() && !a.fadt.as_ref().is_some_and(|f| f.hw_reduced)
+                        }) {
                             let cur = gas_read(&b).unwrap_or(0);
                             let s5 = u64::from(a.s5.unwrap_or(0));
-                            gas_write(&b, (cur & !(PM1_SLP_TYP_MASK | PM1_SLP_EN)) | ((s5 & 7) << 10) | PM1_SLP_EN);
+                            gas_write(
+                                &b,
+                                (cur & !(PM1_SLP_TYP_MASK | PM1_SLP_EN))
+                                    | ((s5 & 7) << 10)
+                                    | PM1_SLP_EN,
+                            );
                         }
                         time::delay_us(1_000_000);
                         outln!("PROBE poweroff failed");
                     }
-                    Err(e) => outln!("PROBE poweroff failed reason={}", crate::console::Quoted(e.as_str().as_bytes())),
+                    Err(e) => outln!(
+                        "PROBE poweroff failed reason={}",
+                        crate::console::Quoted(e.as_str().as_bytes())
+                    ),
                 }
             }
             Err(_) => outln!("PROBE poweroff failed reason=no-acpi"),

@@ -33,7 +33,11 @@ fn read_raw(century_reg: u8) -> Raw {
         day: cmos(0x07),
         mon: cmos(0x08),
         year: cmos(0x09),
-        century: if century_reg != 0 { cmos(century_reg) } else { 0 },
+        century: if century_reg != 0 {
+            cmos(century_reg)
+        } else {
+            0
+        },
     }
 }
 
@@ -78,7 +82,13 @@ pub fn check(plan: &Plan, century_reg: u8) -> Result<(), Msg> {
             hour += 12;
         }
     }
-    let (sec, min, day, mon, yy) = (conv(raw.sec), conv(raw.min), conv(raw.day), conv(raw.mon), conv(raw.year));
+    let (sec, min, day, mon, yy) = (
+        conv(raw.sec),
+        conv(raw.min),
+        conv(raw.day),
+        conv(raw.mon),
+        conv(raw.year),
+    );
     let century = if century_reg != 0 && conv(raw.century) >= 19 {
         i64::from(conv(raw.century))
     } else if yy < 70 {
@@ -87,7 +97,8 @@ pub fn check(plan: &Plan, century_reg: u8) -> Result<(), Msg> {
         19
     };
     let year = century * 100 + i64::from(yy);
-    let valid = sec < 60 && min < 60 && hour < 24 && (1..=31).contains(&day) && (1..=12).contains(&mon);
+    let valid =
+        sec < 60 && min < 60 && hour < 24 && (1..=31).contains(&day) && (1..=12).contains(&mon);
     let unix = days_from_civil(year, i64::from(mon), i64::from(day)) * 86_400
         + i64::from(hour) * 3600
         + i64::from(min) * 60
@@ -106,7 +117,10 @@ pub fn check(plan: &Plan, century_reg: u8) -> Result<(), Msg> {
         century_reg
     );
     if !valid {
-        return Err(fail!("invalid date/time fields {raw_fmt}", raw_fmt = RawFmt(raw)));
+        return Err(fail!(
+            "invalid date/time fields {raw_fmt}",
+            raw_fmt = RawFmt(raw)
+        ));
     }
     if let Some(want) = plan.rtc {
         let diff = unix - want as i64;

@@ -45,7 +45,12 @@ pub fn check(acpi: &Result<Acpi, Msg>, plan: &Plan) -> Result<(), Msg> {
         n += 1;
     }
     let ids = &ids[..n];
-    outln!("PROBE smp madt_cpus={} apic_ids={} bsp_apic_id={}", n, List(ids), bsp);
+    outln!(
+        "PROBE smp madt_cpus={} apic_ids={} bsp_apic_id={}",
+        n,
+        List(ids),
+        bsp
+    );
 
     let mut why = Msg::new();
     if !ids.contains(&bsp) {
@@ -64,8 +69,10 @@ pub fn check(acpi: &Result<Acpi, Msg>, plan: &Plan) -> Result<(), Msg> {
     let aps = &aps[..n_aps.min(AP_IDS_MAX)];
 
     // The trampoline and its check-in area, below 1 MiB.
-    let (start, end) =
-        (&raw const entry::probe_ap_trampoline as u64, &raw const entry::probe_ap_trampoline_end as u64);
+    let (start, end) = (
+        &raw const entry::probe_ap_trampoline as u64,
+        &raw const entry::probe_ap_trampoline_end as u64,
+    );
     phys_write_bytes(TRAMPOLINE_ADDR, phys_bytes(start, (end - start) as usize));
     phys_write_bytes(AP_COUNT_ADDR, &[0; 16]);
     phys_write_bytes(AP_IDS_ADDR, &[0xff; AP_IDS_MAX]);
@@ -90,12 +97,17 @@ pub fn check(acpi: &Result<Acpi, Msg>, plan: &Plan) -> Result<(), Msg> {
     let elapsed = time::now_us() - t0;
 
     // Slots claimed (AP_COUNT) and filled (AP_DONE): list the filled ones.
-    let claimed = usize::from(mmio_read16(AP_COUNT_ADDR)).min(AP_IDS_MAX).min(crate::acpi::MAX_CPUS);
+    let claimed = usize::from(mmio_read16(AP_COUNT_ADDR))
+        .min(AP_IDS_MAX)
+        .min(crate::acpi::MAX_CPUS);
     let done = usize::from(mmio_read16(AP_DONE_ADDR));
     let mut seen = [0u32; crate::acpi::MAX_CPUS];
     let mut count = 0;
     // Volatile reads throughout: the APs write this memory behind the compiler's back.
-    for b in (0..claimed as u64).map(|i| mmio_read8(AP_IDS_ADDR + i)).filter(|&b| b != 0xff) {
+    for b in (0..claimed as u64)
+        .map(|i| mmio_read8(AP_IDS_ADDR + i))
+        .filter(|&b| b != 0xff)
+    {
         seen[count] = u32::from(b);
         count += 1;
     }

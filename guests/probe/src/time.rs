@@ -22,7 +22,10 @@ pub fn calibrate() -> Calibration {
         },
     };
     TSC_KHZ.store(khz.max(1), Ordering::Relaxed);
-    Calibration { tsc_khz: khz, source }
+    Calibration {
+        tsc_khz: khz,
+        source,
+    }
 }
 
 fn pit_read_ch2() -> u16 {

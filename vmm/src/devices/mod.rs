@@ -1,6 +1,7 @@
 //! The platform devices every utsuwa machine has: the COM1 UART, the i8042
-//! (for its reset line), the CMOS RTC, the ACPI power-management registers
-//! and the PCI host bridge with its configuration space.
+//! (its reset line, and a keyboard for Ctrl-Alt-Del), the CMOS RTC, the
+//! ACPI power-management registers and the PCI host bridge with its
+//! configuration space.
 
 pub mod acpi_pm;
 pub mod i8042;

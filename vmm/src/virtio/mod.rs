@@ -5,6 +5,8 @@
 //! its I/O and its event loop side by side.
 
 pub mod block;
+pub mod net;
+pub mod rng;
 pub mod transport;
 
 use std::sync::Arc;

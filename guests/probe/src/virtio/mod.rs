@@ -19,6 +19,8 @@
 //! `PROBE_VIRTIO_IRQS[slot]` and sends the EOI; the drivers wait on those
 //! counters from ring 3.
 
+pub mod bus;
+pub mod data;
 pub mod queue;
 
 use crate::memory;
@@ -32,7 +34,8 @@ pub use crate::entry::{VIRTIO_VECTORS, VIRTIO_VECTOR_BASE};
 
 /// Bumped by the ring-0 stubs of vectors `VIRTIO_VECTOR_BASE + i`.
 #[no_mangle]
-pub static PROBE_VIRTIO_IRQS: [AtomicU32; VIRTIO_VECTORS] = [const { AtomicU32::new(0) }; VIRTIO_VECTORS];
+pub static PROBE_VIRTIO_IRQS: [AtomicU32; VIRTIO_VECTORS] =
+    [const { AtomicU32::new(0) }; VIRTIO_VECTORS];
 
 pub fn irq_count(slot: usize) -> u32 {
     PROBE_VIRTIO_IRQS[slot % VIRTIO_VECTORS].load(Ordering::SeqCst)
@@ -161,7 +164,10 @@ pub fn scan(cfg: &ConfigSpace, out: &mut [(DevFn, u16)]) -> usize {
                 continue;
             }
             let (vendor, device) = (id as u16, (id >> 16) as u16);
-            if vendor == VENDOR && (MODERN_BASE..=MODERN_BASE + 0x3f).contains(&device) && n < out.len() {
+            if vendor == VENDOR
+                && (MODERN_BASE..=MODERN_BASE + 0x3f).contains(&device)
+                && n < out.len()
+            {
                 out[n] = (DevFn(devfn), device);
                 n += 1;
             }
@@ -229,7 +235,13 @@ impl BarAllocator {
     /// A naturally aligned range of `size` bytes; above 4 GiB only if
     /// `is64` and the low window is full.
     fn alloc(&mut self, size: u64, is64: bool) -> Option<u64> {
-        let addr = self.place(self.low, size).or_else(|| if is64 { self.high.and_then(|w| self.place(w, size)) } else { None })?;
+        let addr = self.place(self.low, size).or_else(|| {
+            if is64 {
+                self.high.and_then(|w| self.place(w, size))
+            } else {
+                None
+            }
+        })?;
         self.reserve(addr, size);
         Some(addr)
     }
@@ -264,10 +276,20 @@ pub fn size_bars(cfg: &ConfigSpace, devfn: DevFn, alloc: &mut BarAllocator) -> [
             0xffff_ffff
         };
         let mask = u64::from(hi_mask) << 32 | u64::from(lo_mask & !0xf);
-        let size = if lo_mask & !0xf == 0 && (!is64 || hi_mask == 0) { 0 } else { (!mask).wrapping_add(1) };
+        let size = if lo_mask & !0xf == 0 && (!is64 || hi_mask == 0) {
+            0
+        } else {
+            (!mask).wrapping_add(1)
+        };
         let addr = u64::from(hi) << 32 | u64::from(lo & !0xf);
         if size != 0 && size.is_power_of_two() {
-            bars[i] = Bar { addr, va: addr, size, is64, by_probe: false };
+            bars[i] = Bar {
+                addr,
+                va: addr,
+                size,
+                is64,
+                by_probe: false,
+            };
             if addr != 0 {
                 alloc.reserve(addr, size);
             }
@@ -280,7 +302,12 @@ pub fn size_bars(cfg: &ConfigSpace, devfn: DevFn, alloc: &mut BarAllocator) -> [
 
 /// Place the BARs still at 0, then turn on memory decoding and bus
 /// mastering (and INTx off: the drivers use MSI-X or poll).
-pub fn assign_bars(cfg: &ConfigSpace, devfn: DevFn, bars: &mut [Bar; 6], alloc: &mut BarAllocator) -> Result<(), Msg> {
+pub fn assign_bars(
+    cfg: &ConfigSpace,
+    devfn: DevFn,
+    bars: &mut [Bar; 6],
+    alloc: &mut BarAllocator,
+) -> Result<(), Msg> {
     let d = devfn.0;
     let cmd = cfg.read16(d, PCI_COMMAND);
     cfg.write16(d, PCI_COMMAND, cmd & !(CMD_IO | CMD_MEMORY));
@@ -302,7 +329,11 @@ pub fn assign_bars(cfg: &ConfigSpace, devfn: DevFn, bars: &mut [Bar; 6], alloc: 
                     bar.by_probe = true;
                 }
                 None => {
-                    let _ = write!(why, "BAR{i} ({:#x} bytes) does not fit the window; ", bar.size);
+                    let _ = write!(
+                        why,
+                        "BAR{i} ({:#x} bytes) does not fit the window; ",
+                        bar.size
+                    );
                     continue;
                 }
             }
@@ -318,7 +349,11 @@ pub fn assign_bars(cfg: &ConfigSpace, devfn: DevFn, bars: &mut [Bar; 6], alloc: 
             }
         }
     }
-    cfg.write16(d, PCI_COMMAND, (cmd & !CMD_IO) | CMD_MEMORY | CMD_BUS_MASTER | CMD_INTX_DISABLE);
+    cfg.write16(
+        d,
+        PCI_COMMAND,
+        (cmd & !CMD_IO) | CMD_MEMORY | CMD_BUS_MASTER | CMD_INTX_DISABLE,
+    );
     if why.is_empty() {
         Ok(())
     } else {
@@ -389,7 +424,10 @@ impl Transport {
                     if let Some(slot) = slot.filter(|s| **s == 0) {
                         let b = bars.get(bar).copied().unwrap_or_default();
                         if cap_len < 16 || (kind == CAP_NOTIFY && cap_len < 20) {
-                            let _ = write!(why, "virtio cap type {kind} at {ptr:#x} too short ({cap_len}); ");
+                            let _ = write!(
+                                why,
+                                "virtio cap type {kind} at {ptr:#x} too short ({cap_len}); "
+                            );
                         } else if b.size == 0 || b.addr == 0 {
                             let _ = write!(why, "virtio cap type {kind} names BAR{bar}, which is not a memory BAR; ");
                         } else if offset.saturating_add(length) > b.size {
@@ -423,7 +461,10 @@ impl Transport {
                     let entries = (ctrl & 0x7ff) + 1;
                     let off = u64::from(table & !7);
                     if b.size == 0 || off + 16 * u64::from(entries) > b.size {
-                        let _ = write!(why, "MSI-X table BAR{bir}+{off:#x} x{entries} not inside a memory BAR; ");
+                        let _ = write!(
+                            why,
+                            "MSI-X table BAR{bir}+{off:#x} x{entries} not inside a memory BAR; "
+                        );
                     } else {
                         t.msix_cap = ptr;
                         t.msix_table = b.va + off;
@@ -434,7 +475,12 @@ impl Transport {
             }
             ptr = next;
         }
-        for (addr, name) in [(t.common, "common"), (t.notify, "notify"), (t.isr, "ISR"), (t.device, "device")] {
+        for (addr, name) in [
+            (t.common, "common"),
+            (t.notify, "notify"),
+            (t.isr, "ISR"),
+            (t.device, "device"),
+        ] {
             if addr == 0 {
                 let _ = write!(why, "no usable {name} capability; ");
             }
@@ -483,7 +529,9 @@ impl Transport {
                 return Ok(());
             }
             if d.expired() {
-                return Err(fail!("device status {s:#x} after writing 0 (reset) for 1 s"));
+                return Err(fail!(
+                    "device status {s:#x} after writing 0 (reset) for 1 s"
+                ));
             }
             crate::hw::pause();
         }
@@ -501,7 +549,10 @@ impl Transport {
     pub fn set_driver_features(&self, f: u64) {
         for sel in 0..2u32 {
             wr32(self.common + common::DRIVER_FEATURE_SELECT, sel);
-            wr32(self.common + common::DRIVER_FEATURE, (f >> (32 * sel)) as u32);
+            wr32(
+                self.common + common::DRIVER_FEATURE,
+                (f >> (32 * sel)) as u32,
+            );
         }
     }
 
@@ -515,7 +566,9 @@ impl Transport {
         let offered = self.device_features();
         if offered & F_VERSION_1 == 0 {
             self.add_status(S_FAILED);
-            return Err(fail!("device does not offer VERSION_1 (features {offered:#x})"));
+            return Err(fail!(
+                "device does not offer VERSION_1 (features {offered:#x})"
+            ));
         }
         let accepted = offered & (wanted | F_VERSION_1);
         self.set_driver_features(accepted);
@@ -523,7 +576,9 @@ impl Transport {
         let s = self.status();
         if s & S_FEATURES_OK == 0 {
             self.add_status(S_FAILED);
-            return Err(fail!("FEATURES_OK did not stick (status {s:#x}, features {accepted:#x})"));
+            return Err(fail!(
+                "FEATURES_OK did not stick (status {s:#x}, features {accepted:#x})"
+            ));
         }
         Ok((offered, accepted))
     }
@@ -548,15 +603,27 @@ impl Transport {
     // ---- device-specific configuration ----
 
     pub fn dev_read8(&self, off: u64) -> u8 {
-        if off < u64::from(self.device_len) { rd8(self.device + off) } else { 0 }
+        if off < u64::from(self.device_len) {
+            rd8(self.device + off)
+        } else {
+            0
+        }
     }
 
     pub fn dev_read16(&self, off: u64) -> u16 {
-        if off + 2 <= u64::from(self.device_len) { rd16(self.device + off) } else { 0 }
+        if off + 2 <= u64::from(self.device_len) {
+            rd16(self.device + off)
+        } else {
+            0
+        }
     }
 
     pub fn dev_read32(&self, off: u64) -> u32 {
-        if off + 4 <= u64::from(self.device_len) { rd32(self.device + off) } else { 0 }
+        if off + 4 <= u64::from(self.device_len) {
+            rd32(self.device + off)
+        } else {
+            0
+        }
     }
 
     pub fn dev_read64(&self, off: u64) -> u64 {
@@ -580,11 +647,23 @@ impl Transport {
 
     /// Set up the selected queue (4.1.5.1.3); returns its notify address
     /// and the MSI-X vector the device kept (NO_VECTOR: refused).
-    pub fn setup_queue(&self, q: u16, size: u16, desc: u64, driver: u64, device: u64, vector: u16) -> Result<(u64, u16), Msg> {
+    pub fn setup_queue(
+        &self,
+        q: u16,
+        size: u16,
+        desc: u64,
+        driver: u64,
+        device: u64,
+        vector: u16,
+    ) -> Result<(u64, u16), Msg> {
         let c = self.common;
         self.select_queue(q);
         wr16(c + common::QUEUE_SIZE, size);
-        for (reg, addr) in [(common::QUEUE_DESC, desc), (common::QUEUE_DRIVER, driver), (common::QUEUE_DEVICE, device)] {
+        for (reg, addr) in [
+            (common::QUEUE_DESC, desc),
+            (common::QUEUE_DRIVER, driver),
+            (common::QUEUE_DEVICE, device),
+        ] {
             wr32(c + reg, addr as u32);
             wr32(c + reg + 4, (addr >> 32) as u32);
         }
@@ -617,7 +696,11 @@ impl Transport {
         }
         let reg = self.msix_cap + 2;
         let ctrl = self.cfg.read16(self.devfn.0, reg) & !(MSIX_ENABLE | MSIX_FUNCTION_MASK);
-        self.cfg.write16(self.devfn.0, reg, if on { ctrl | MSIX_ENABLE } else { ctrl });
+        self.cfg.write16(
+            self.devfn.0,
+            reg,
+            if on { ctrl | MSIX_ENABLE } else { ctrl },
+        );
     }
 
     pub fn msix_enabled(&self) -> bool {

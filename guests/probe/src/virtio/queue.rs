@@ -10,6 +10,8 @@
 //! driver notifies unless the device set VIRTQ_USED_F_NO_NOTIFY, and asks
 //! for no interrupts (VIRTQ_AVAIL_F_NO_INTERRUPT) when it polls.
 
+use super::{Transport, NO_VECTOR};
+use crate::msg::Msg;
 use core::sync::atomic::{compiler_fence, fence, Ordering};
 
 pub const DESC_F_NEXT: u16 = 1;
@@ -55,10 +57,46 @@ fn r32(addr: u64) -> u32 {
     unsafe { core::ptr::read_volatile(addr as *const u32) }
 }
 
+/// The size the probe gives a queue whose maximum is `max`: the largest
+/// power of two up to `min(max, MAX_SIZE)`.
+pub fn pick_size(max: u16) -> u16 {
+    let mut size = MAX_SIZE.min(max);
+    while !size.is_power_of_two() {
+        size &= size - 1;
+    }
+    size
+}
+
 impl SplitQueue {
+    /// After a device reset: empty rings of `size` entries, set up in the
+    /// device as queue `index` on MSI-X entry `vector` (NO_VECTOR: polled,
+    /// VIRTQ_AVAIL_F_NO_INTERRUPT set), which must read back; enabled.
+    pub fn activate(&mut self, t: &Transport, size: u16, vector: u16) -> Result<(), Msg> {
+        self.clear(size, vector == NO_VECTOR);
+        let (notify, kept) =
+            t.setup_queue(self.index, size, self.desc, self.avail, self.used, vector)?;
+        if kept != vector {
+            return Err(fail!(
+                "queue {}: queue_msix_vector {vector:#x} reads back {kept:#x}",
+                self.index
+            ));
+        }
+        self.notify = notify;
+        Ok(())
+    }
+
     /// A queue over `RING_BYTES` of zeroed, page-aligned memory at `mem`.
     pub fn new(index: u16, mem: u64) -> SplitQueue {
-        SplitQueue { index, size: 0, desc: mem, avail: mem + 4096, used: mem + 8192, notify: 0, next_avail: 0, last_used: 0 }
+        SplitQueue {
+            index,
+            size: 0,
+            desc: mem,
+            avail: mem + 4096,
+            used: mem + 8192,
+            notify: 0,
+            next_avail: 0,
+            last_used: 0,
+        }
     }
 
     /// Empty rings of `size` entries (after a device reset, before setup).
@@ -68,7 +106,14 @@ impl SplitQueue {
         self.size = size;
         self.next_avail = 0;
         self.last_used = 0;
-        w16(self.avail, if no_interrupt { AVAIL_F_NO_INTERRUPT } else { 0 });
+        w16(
+            self.avail,
+            if no_interrupt {
+                AVAIL_F_NO_INTERRUPT
+            } else {
+                0
+            },
+        );
     }
 
     pub fn set_desc(&self, i: u16, addr: u64, len: u32, flags: u16, next: u16) {
@@ -81,7 +126,10 @@ impl SplitQueue {
 
     /// Put a chain head in the available ring (not yet visible to the device).
     pub fn push(&mut self, head: u16) {
-        w16(self.avail + 4 + 2 * u64::from(self.next_avail % self.size), head);
+        w16(
+            self.avail + 4 + 2 * u64::from(self.next_avail % self.size),
+            head,
+        );
         self.next_avail = self.next_avail.wrapping_add(1);
     }
 
