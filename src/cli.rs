@@ -37,6 +37,8 @@ Options for run:
                             removed on exit, if it does not exist); repeat for more
   --rng                     a virtio-rng device fed by the host's getrandom
   --log-level LEVEL         error, warn (default), info, debug, trace
+  --no-seccomp              no seccomp-bpf system call filters (on by default, also
+                            for the API)
 
 The console is COM1 on the terminal; type Ctrl-a x to leave, Ctrl-a Ctrl-a for a literal Ctrl-a.";
 
@@ -64,6 +66,8 @@ pub struct RunArgs {
     pub disks: Vec<DiskConfig>,
     pub nets: Vec<NetConfig>,
     pub rng: bool,
+    /// `--no-seccomp`: no system call filters.
+    pub no_seccomp: bool,
 }
 
 impl RunArgs {
@@ -102,6 +106,7 @@ fn parse_run(mut args: impl Iterator<Item = String>) -> Result<RunArgs, String> 
         disks: Vec::new(),
         nets: Vec::new(),
         rng: false,
+        no_seccomp: false,
     };
     while let Some(arg) = args.next() {
         // Accept both "--flag value" and "--flag=value".
@@ -137,6 +142,7 @@ fn parse_run(mut args: impl Iterator<Item = String>) -> Result<RunArgs, String> 
             "--net" => run.nets.push(parse_net(&val()?)?),
             "--rng" if inline.is_none() => run.rng = true,
             "--rng" => return Err("--rng takes no value".into()),
+            "--no-seccomp" if inline.is_none() => run.no_seccomp = true,
             "--cpu-template" => {
                 run.cpu_template = val()?.parse().map_err(|e| format!("--cpu-template: {e}"))?
             }

@@ -56,6 +56,7 @@ pub fn enter_raw_mode() {
     // minimal guests do) still gets a carriage return; \r\n is unharmed.
     raw.c_oflag |= libc::OPOST | libc::ONLCR;
     *SAVED_TERMIOS.lock().unwrap_or_else(|p| p.into_inner()) = Some(saved);
+    vmm::seccomp::save_termios(&saved);
     // SAFETY: `raw` is a valid termios derived from the current settings.
     if unsafe { libc::tcsetattr(fd, libc::TCSANOW, &raw) } == 0 {
         RAW_MODE.store(true, Ordering::SeqCst);
@@ -156,6 +157,7 @@ pub fn spawn_input(
 }
 
 fn input_loop(serial: Arc<Mutex<SerialDevice>>, exit: Arc<ExitSignal>, signals: OwnedFd) {
+    vmm::seccomp::install(vmm::seccomp::ThreadKind::Console);
     let interactive = RAW_MODE.load(Ordering::SeqCst);
     let mut escape = EscapeState::default();
     let mut stdin_open = true;

@@ -23,6 +23,19 @@ struct Options {
     applied: Option<Logger>,
 }
 
+/// Crates whose errors are about what a guest put in its rings or memory
+/// (virtio-queue, vm-memory): a guest controls them, so they are logged at
+/// debug, or a hostile guest could flood the host's log.
+const GUEST_TRIGGERED: [&str; 2] = ["virtio_queue", "vm_memory"];
+
+fn effective_level(meta: &log::Metadata) -> log::Level {
+    if GUEST_TRIGGERED.iter().any(|c| meta.target().starts_with(c)) {
+        log::Level::Debug.max(meta.level())
+    } else {
+        meta.level()
+    }
+}
+
 static OPTIONS: Mutex<Options> = Mutex::new(Options {
     file: None,
     show_origin: false,
@@ -32,7 +45,7 @@ static OPTIONS: Mutex<Options> = Mutex::new(Options {
 
 impl log::Log for StderrLogger {
     fn enabled(&self, meta: &log::Metadata) -> bool {
-        meta.level() <= log::max_level()
+        effective_level(meta) <= log::max_level()
     }
 
     fn log(&self, record: &log::Record) {

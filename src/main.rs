@@ -70,6 +70,7 @@ fn fail(msg: &str) -> ExitCode {
 
 fn run(args: RunArgs) -> ExitCode {
     logger::init(args.log_level);
+    seccomp_configure(!args.no_seccomp);
     // Check the host before fetching or loading anything.
     let host = match Host::open() {
         Ok(h) => h,
@@ -103,7 +104,16 @@ fn run(args: RunArgs) -> ExitCode {
             None
         }
     };
+    // From here the main thread only waits, kicks, joins and prints.
+    vmm::seccomp::install(vmm::seccomp::ThreadKind::Main);
     finish(running, input, host.flavour)
+}
+
+/// Turns the seccomp filters on (or not) before any VM thread starts.
+fn seccomp_configure(want: bool) {
+    if let Some(warning) = vmm::seccomp::configure(want) {
+        log::warn!("{warning}");
+    }
 }
 
 /// Waits for the VM to end and reports how, as `utsuwa run` does: exit
@@ -176,6 +186,9 @@ impl Launcher for ConsoleLauncher {
                 Err(e) => log::warn!("no console input: {e}"),
             }
         }
+        // The VM is built and running: from here this thread serves the
+        // API, controls the VM and waits for its end.
+        vmm::seccomp::install(vmm::seccomp::ThreadKind::Api);
         Ok(running)
     }
 }
@@ -185,6 +198,7 @@ impl Launcher for ConsoleLauncher {
 /// and exit as `run` does when the guest ends.
 fn api(args: ApiArgs) -> ExitCode {
     logger::init(args.log_level);
+    seccomp_configure(!args.no_seccomp);
     let host = match Host::open() {
         Ok(h) => h,
         Err(e) => return fail(&e.to_string()),

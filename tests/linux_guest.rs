@@ -12,6 +12,10 @@ use utsuwa::assets::{self, encode_cmd, parse_cmd_output};
 
 /// Boots Linux to run `cmd`; None (skipped) without hardware virtualization.
 fn boot_linux(cmd: &str, cpus: u32, memory: &str) -> Option<Outcome> {
+    boot_linux_with(cmd, cpus, memory, &[])
+}
+
+fn boot_linux_with(cmd: &str, cpus: u32, memory: &str, extra: &[&str]) -> Option<Outcome> {
     if !hardware_virtualization() {
         eprintln!("skipped: this host's /dev/kvm has no hardware virtualization (PVM or none), so Linux cannot boot");
         return None;
@@ -19,18 +23,23 @@ fn boot_linux(cmd: &str, cpus: u32, memory: &str) -> Option<Outcome> {
     let guest = assets::ensure(&assets::default_cache_dir()).expect("default guest assets");
     let cmdline = format!("console=ttyS0 reboot=k panic=1 {}", encode_cmd(cmd));
     let cpus = cpus.to_string();
-    let out = utsuwa_run(&[
-        "--kernel",
-        guest.kernel.to_str().unwrap(),
-        "--initrd",
-        guest.initrd.to_str().unwrap(),
-        "--cpus",
-        &cpus,
-        "--memory",
-        memory,
-        "--cmdline",
-        &cmdline,
-    ]);
+    let out = utsuwa_run(
+        &[
+            "--kernel",
+            guest.kernel.to_str().unwrap(),
+            "--initrd",
+            guest.initrd.to_str().unwrap(),
+            "--cpus",
+            &cpus,
+            "--memory",
+            memory,
+            "--cmdline",
+            &cmdline,
+        ]
+        .into_iter()
+        .chain(extra.iter().copied())
+        .collect::<Vec<_>>(),
+    );
     Some(out)
 }
 
@@ -101,4 +110,46 @@ fn linux_reboot_ends_utsuwa() {
         "{}",
         out.dump()
     );
+}
+
+#[test]
+fn linux_mounts_an_ext4_disk_and_its_data_reaches_the_image() {
+    if !hardware_virtualization() {
+        eprintln!("skipped: this host's /dev/kvm has no hardware virtualization (PVM or none), so Linux cannot boot");
+        return;
+    }
+    let dir = std::env::temp_dir().join(format!("utsuwa-linux-ext4-{}", std::process::id()));
+    let content = dir.join("content");
+    std::fs::create_dir_all(&content).unwrap();
+    std::fs::write(content.join("hello"), "hello from the host\n").unwrap();
+    let image = dir.join("root.ext4");
+    let made = std::process::Command::new("mkfs.ext4")
+        .args(["-q", "-F", "-d"])
+        .arg(&content)
+        .arg(&image)
+        .arg("64M")
+        .status()
+        .expect("mkfs.ext4 (e2fsprogs)");
+    assert!(made.success());
+    let disk = format!("path={}", image.display());
+    let cmd = "mount -t ext4 /dev/vda /mnt && cat /mnt/hello && echo guest > /mnt/written && sync && umount /mnt";
+    let Some(out) = boot_linux_with(cmd, 2, "512M", &["--disk", &disk]) else {
+        return;
+    };
+    let (output, rc) = parse_cmd_output(out.stdout.as_bytes())
+        .unwrap_or_else(|| panic!("no command output\n{}", out.dump()));
+    assert_eq!(
+        (String::from_utf8_lossy(&output).trim(), rc),
+        ("hello from the host", 0),
+        "{}",
+        out.dump()
+    );
+    // The file the guest wrote is in the image (debugfs reads it without mounting).
+    let cat = std::process::Command::new("debugfs")
+        .args(["-R", "cat /written"])
+        .arg(&image)
+        .output()
+        .unwrap();
+    assert_eq!(String::from_utf8_lossy(&cat.stdout).trim(), "guest");
+    std::fs::remove_dir_all(&dir).unwrap();
 }

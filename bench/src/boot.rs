@@ -4,7 +4,7 @@
 //! and to the VMM's exit after the guest powers off. Separate runs with a
 //! halting guest measure the memory the VMM itself keeps resident.
 
-mod memory;
+pub mod memory;
 pub mod report;
 
 pub use memory::MemSample;
@@ -73,8 +73,19 @@ impl Vmm {
     /// The command that boots `kernel` with `case`'s vCPUs and `plan` as
     /// the guest's command line.
     pub fn command(&self, case: &Case, kernel: &Path, plan: &str) -> Command {
+        self.command_with_memory(case, kernel, plan, MEM_MIB)
+    }
+
+    /// As `command`, with `mem_mib` MiB of guest RAM.
+    pub fn command_with_memory(
+        &self,
+        case: &Case,
+        kernel: &Path,
+        plan: &str,
+        mem_mib: u64,
+    ) -> Command {
         let cpus = case.cpus.to_string();
-        let mem = format!("{MEM_MIB}M");
+        let mem = format!("{mem_mib}M");
         match self {
             Vmm::Utsuwa(bin) => {
                 let mut cmd = Command::new(bin);

@@ -11,27 +11,38 @@
 //! the report records, and printing. One module per benchmark (`boot`,
 //! `blk`).
 
+mod api;
 mod blk;
 mod boot;
+mod charts;
+mod density;
+mod exit;
 mod guest;
 mod proc;
 mod report;
 mod stats;
+mod summary;
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, ExitCode, Stdio};
 use std::time::Duration;
 
 const USAGE: &str = "\
-usage: utsuwa-bench [boot | blk | suite] [OPTIONS]
+usage: utsuwa-bench [boot | blk | api | density | charts | suite] [OPTIONS]
 
 Benchmarks:
   boot                 time to the guest's first line and to exit, and VMM memory (default)
   blk                  virtio-blk throughput, VMM CPU time and instructions per request
-  suite                boot, then blk
+  api                  utsuwa only: process start to API answering, InstanceStart to marker, memory
+  density              K = 1, 10, 25, 50 guests of 128 MiB at once: time to all markers, host memory
+  exit                 the probe's exit loops (pio, mmio, notify): guest ns and VMM CPU per exit
+  charts               only redraw the charts and summary.md from the JSON files in --out
+  suite                boot, blk, api, density, exit, then the charts and summary.md
 
 Options:
-  --runs N             timed runs per case and VMM (default: boot 20, blk 5)
+  --runs N             timed runs per case and VMM (default: boot 20, blk 5, api 10, density 3)
+  --exits N            exit: exits per measured loop (default 20000)
+  --qemu-max-k K       density: largest K for QEMU (default 50)
   --memory-runs N      boot: memory runs per case and VMM (default 3)
   --timeout SECS       limit per run; the VMM is killed after it (default 30;
                        runs under callgrind get 10 times as long)
@@ -58,6 +69,8 @@ struct Args {
     image_dir: Option<PathBuf>,
     callgrind_runs: usize,
     no_callgrind: bool,
+    qemu_max_k: usize,
+    exits: u64,
 }
 
 /// The arguments, or None when the user asked for help.
@@ -75,6 +88,8 @@ fn parse_args(mut it: impl Iterator<Item = String>) -> Result<Option<Args>, Stri
         image_dir: None,
         callgrind_runs: 3,
         no_callgrind: false,
+        qemu_max_k: 50,
+        exits: 20000,
     };
     let number = |flag: &str, v: Option<String>| -> Result<usize, String> {
         let v = v.ok_or_else(|| format!("{flag} needs a value"))?;
@@ -83,8 +98,12 @@ fn parse_args(mut it: impl Iterator<Item = String>) -> Result<Option<Args>, Stri
     };
     while let Some(arg) = it.next() {
         match arg.as_str() {
-            "boot" | "blk" => a.benches.push(arg),
-            "suite" => a.benches.extend(["boot".to_string(), "blk".to_string()]),
+            "boot" | "blk" | "api" | "density" | "exit" | "charts" => a.benches.push(arg),
+            "suite" => a
+                .benches
+                .extend(["boot", "blk", "api", "density", "exit", "charts"].map(String::from)),
+            "--exits" => a.exits = number("--exits", it.next())? as u64,
+            "--qemu-max-k" => a.qemu_max_k = number("--qemu-max-k", it.next())?,
             "--runs" => a.runs = Some(number("--runs", it.next())?),
             "--memory-runs" => a.memory_runs = number("--memory-runs", it.next())?,
             "--timeout" => a.timeout = number("--timeout", it.next())? as u64,
@@ -129,6 +148,14 @@ fn real_main() -> Result<(), String> {
         return Ok(());
     };
     let root = workspace_root();
+    if args.benches.iter().all(|b| b == "charts") {
+        let out = args
+            .out
+            .clone()
+            .unwrap_or_else(|| root.join("bench").join("results"));
+        let files = charts::draw_all(&out);
+        return summary::write(&out, &files);
+    }
     let utsuwa = utsuwa_binary(&root, args.utsuwa.clone())?;
     let mut notes = Vec::new();
     let qemu = if args.no_qemu {
@@ -167,6 +194,13 @@ fn real_main() -> Result<(), String> {
         match bench.as_str() {
             "boot" => run_boot(&args, &root, &utsuwa, qemu.as_deref(), &guest, &notes, &out)?,
             "blk" => run_blk(&args, &root, &utsuwa, qemu.as_deref(), &guest, &notes, &out)?,
+            "api" => run_api(&args, &root, &utsuwa, qemu.as_deref(), &guest, &out)?,
+            "density" => run_density(&args, &root, &utsuwa, qemu.as_deref(), &guest, &notes, &out)?,
+            "exit" => run_exit(&args, &root, &utsuwa, qemu.as_deref(), &guest, &out)?,
+            "charts" => {
+                let files = charts::draw_all(&out);
+                summary::write(&out, &files)?;
+            }
             other => return Err(format!("unknown benchmark '{other}'")),
         }
     }
@@ -319,6 +353,102 @@ fn run_blk(
     let [md_path, json_path] = report::write(out, "blk", &md, &json)?;
     eprintln!(
         "[blk] wrote {} and {}",
+        md_path.display(),
+        json_path.display()
+    );
+    Ok(())
+}
+
+fn run_api(
+    args: &Args,
+    root: &Path,
+    utsuwa: &Path,
+    qemu: Option<&Path>,
+    guest: &guest::Guest,
+    out: &Path,
+) -> Result<(), String> {
+    let runs = args.runs.unwrap_or(10);
+    let setup = api::Setup {
+        runs,
+        timeout: Duration::from_secs(args.timeout),
+        utsuwa: utsuwa.to_path_buf(),
+        elf: guest.elf.clone(),
+    };
+    let mut env = environment(root, utsuwa, qemu, guest);
+    let date = report::utc_now();
+    let samples = api::run(&setup);
+    env.push(("load average after".into(), first_line("/proc/loadavg")));
+    let (md, json) = api::render(&date, &env, &samples);
+    println!("{md}");
+    let [md_path, json_path] = report::write(out, "api", &md, &json)?;
+    eprintln!(
+        "[api] wrote {} and {}",
+        md_path.display(),
+        json_path.display()
+    );
+    Ok(())
+}
+
+fn run_density(
+    args: &Args,
+    root: &Path,
+    utsuwa: &Path,
+    qemu: Option<&Path>,
+    guest: &guest::Guest,
+    notes: &[String],
+    out: &Path,
+) -> Result<(), String> {
+    let runs = args.runs.unwrap_or(3);
+    let mut vmms = vec![boot::Vmm::Utsuwa(utsuwa.to_path_buf())];
+    vmms.extend(qemu.map(|q| boot::Vmm::Qemu(q.to_path_buf())));
+    let setup = density::Setup {
+        runs,
+        timeout: Duration::from_secs(args.timeout),
+        vmms,
+        elf: guest.elf.clone(),
+        max_k: vec![("qemu", args.qemu_max_k)],
+    };
+    let mut env = environment(root, utsuwa, qemu, guest);
+    let date = report::utc_now();
+    let series = density::run(&setup);
+    env.push(("load average after".into(), first_line("/proc/loadavg")));
+    let (md, json) = density::render(&date, runs, &env, notes, &series);
+    println!("{md}");
+    let [md_path, json_path] = report::write(out, "density", &md, &json)?;
+    eprintln!(
+        "[density] wrote {} and {}",
+        md_path.display(),
+        json_path.display()
+    );
+    Ok(())
+}
+
+fn run_exit(
+    args: &Args,
+    root: &Path,
+    utsuwa: &Path,
+    qemu: Option<&Path>,
+    guest: &guest::Guest,
+    out: &Path,
+) -> Result<(), String> {
+    let mut vmms = vec![boot::Vmm::Utsuwa(utsuwa.to_path_buf())];
+    vmms.extend(qemu.map(|q| boot::Vmm::Qemu(q.to_path_buf())));
+    let setup = exit::Setup {
+        runs: args.runs.unwrap_or(3),
+        n: args.exits,
+        timeout: Duration::from_secs(args.timeout),
+        vmms,
+        elf: guest.elf.clone(),
+    };
+    let mut env = environment(root, utsuwa, qemu, guest);
+    let date = report::utc_now();
+    let series = exit::run(&setup);
+    env.push(("load average after".into(), first_line("/proc/loadavg")));
+    let (md, json) = exit::render(&date, &setup, &env, &series);
+    println!("{md}");
+    let [md_path, json_path] = report::write(out, "exit", &md, &json)?;
+    eprintln!(
+        "[exit] wrote {} and {}",
         md_path.display(),
         json_path.display()
     );

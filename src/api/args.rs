@@ -20,6 +20,8 @@ pub struct ApiArgs {
     /// Forward stdin to the guest even when it is not a terminal (as
     /// `utsuwa run` does); the API alone forwards only a terminal.
     pub forward_stdin: bool,
+    /// `--no-seccomp`: no system call filters.
+    pub no_seccomp: bool,
 }
 
 /// `utsuwa ctl`.
@@ -54,6 +56,7 @@ pub fn parse_api(mut args: impl Iterator<Item = String>) -> Result<ApiArgs, Stri
         config_file: None,
         log_level: log::LevelFilter::Warn,
         forward_stdin: false,
+        no_seccomp: false,
     };
     let mut no_api = false;
     while let Some(arg) = args.next() {
@@ -78,6 +81,7 @@ pub fn parse_api(mut args: impl Iterator<Item = String>) -> Result<ApiArgs, Stri
                 out.config_file = Some(PathBuf::from(value(inline, &mut args, &flag)?))
             }
             "--no-api" if inline.is_none() => no_api = true,
+            "--no-seccomp" if inline.is_none() => out.no_seccomp = true,
             "--log-level" => {
                 let v = value(inline, &mut args, &flag)?;
                 out.log_level = crate::logger::parse_level(&v)

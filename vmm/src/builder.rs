@@ -120,7 +120,7 @@ pub fn build(
         None => None,
     };
     let pvm = host.flavour == KvmFlavour::Pvm;
-    let cmdline = guest_cmdline(&cfg.cmdline, pvm && kernel.is_linux);
+    let cmdline = guest_cmdline(&cfg.cmdline, kernel.is_linux, pvm);
     boot::load_cmdline(&mem, &cmdline, header.as_ref())?;
 
     // Firmware tables and the boot protocol's data.
@@ -322,15 +322,25 @@ fn pci_mmio64_window(mem_size: u64) -> (u64, u64) {
     (start, 64 << 30)
 }
 
-/// The guest's command line: the user's, plus on a PVM host for a Linux
-/// guest `noxsave`, since PVM passes XSAVE through whatever CPUID says and
-/// its instruction emulator cannot execute it in guest ring 0.
-pub fn guest_cmdline(user: &str, pvm_linux: bool) -> String {
-    if pvm_linux && !user.split_whitespace().any(|t| t == "noxsave") {
-        format!("{user} noxsave")
-    } else {
-        user.to_string()
+/// The guest's command line for a Linux kernel: the user's, without
+/// `pci=off` (Firecracker's documented boot arguments carry it because its
+/// devices are virtio-mmio; utsuwa's are all on PCI, so it would hide every
+/// disk and NIC), plus on a PVM host `noxsave`, since PVM passes XSAVE
+/// through whatever CPUID says and its emulator cannot execute it in guest
+/// ring 0. Other kernels get the user's line untouched.
+pub fn guest_cmdline(user: &str, is_linux: bool, pvm: bool) -> String {
+    if !is_linux {
+        return user.to_string();
     }
+    let mut tokens: Vec<&str> = user.split_whitespace().collect();
+    if tokens.contains(&"pci=off") {
+        log::warn!("ignoring pci=off on the kernel command line: utsuwa's devices are on PCI");
+        tokens.retain(|t| *t != "pci=off");
+    }
+    if pvm && !tokens.contains(&"noxsave") {
+        tokens.push("noxsave");
+    }
+    tokens.join(" ")
 }
 
 #[cfg(test)]
@@ -339,12 +349,22 @@ mod tests {
 
     #[test]
     fn pvm_linux_gets_noxsave_once() {
-        assert_eq!(guest_cmdline("console=ttyS0", false), "console=ttyS0");
+        assert_eq!(guest_cmdline("console=ttyS0", true, false), "console=ttyS0");
         assert_eq!(
-            guest_cmdline("console=ttyS0", true),
+            guest_cmdline("console=ttyS0", true, true),
             "console=ttyS0 noxsave"
         );
-        assert_eq!(guest_cmdline("noxsave", true), "noxsave");
+        assert_eq!(guest_cmdline("noxsave", true, true), "noxsave");
+    }
+
+    #[test]
+    fn pci_off_is_dropped_for_linux_only() {
+        assert_eq!(
+            guest_cmdline("console=ttyS0 reboot=k panic=1 pci=off", true, false),
+            "console=ttyS0 reboot=k panic=1"
+        );
+        // Other guests see exactly what the user wrote, spacing included.
+        assert_eq!(guest_cmdline("a  pci=off", false, true), "a  pci=off");
     }
 
     #[test]

@@ -24,6 +24,7 @@ pub mod layout;
 pub mod lifecycle;
 pub mod memory;
 pub mod pci;
+pub mod seccomp;
 pub mod vcpu;
 pub mod virtio;
 pub mod vm;

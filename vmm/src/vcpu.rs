@@ -256,6 +256,7 @@ pub fn run(
     gate: Arc<PauseGate>,
     stats: Arc<VcpuStats>,
 ) {
+    crate::seccomp::install(crate::seccomp::ThreadKind::Vcpu);
     let run_ptr: *mut kvm_run = vcpu.get_kvm_run();
     KVM_RUN.with(|p| p.set(run_ptr));
     while !ctx.exit.is_set() {

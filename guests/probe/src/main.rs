@@ -25,6 +25,8 @@ mod boot;
 mod dma;
 mod entry;
 mod eth;
+mod exitloop;
+mod hostile;
 mod hw;
 mod irq;
 mod lapic;
@@ -131,6 +133,9 @@ pub extern "C" fn probe_main() -> ! {
     let t0 = time::now_us();
     let mut devices = virtio::bus::Devices::new(&boot, acpi.as_ref().ok());
     let mut tally = Tally { pass: 0, fail: 0 };
+    for &(kind, n) in plan.exit_loops.iter().flatten() {
+        exitloop::run(kind, n, &mut devices);
+    }
     if !plan.errors.is_empty() {
         tally.report("plan", Err(fail!("{}", plan.errors)));
     }
@@ -160,6 +165,7 @@ pub extern "C" fn probe_main() -> ! {
                 continue;
             }
             Check::Rng => rng::check(&mut devices, &plan),
+            Check::Hostile => hostile::check(&mut devices, &acpi, &plan),
             Check::Net => {
                 net::check(&mut devices, &plan, &mut |name, result| {
                     tally.report(name, result)

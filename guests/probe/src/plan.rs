@@ -15,10 +15,11 @@ pub enum Check {
     Blk,
     Rng,
     Net,
+    Hostile,
 }
 
 /// Every check, in the order they run.
-pub const ALL_CHECKS: [Check; 10] = [
+pub const ALL_CHECKS: [Check; 11] = [
     Check::Cmdline,
     Check::Memory,
     Check::Acpi,
@@ -29,6 +30,7 @@ pub const ALL_CHECKS: [Check; 10] = [
     Check::Blk,
     Check::Rng,
     Check::Net,
+    Check::Hostile,
 ];
 
 /// What runs by default and for `all`: the machine checks. `blk`, `rng`
@@ -37,7 +39,7 @@ pub const ALL_CHECKS: [Check; 10] = [
 fn default_checks() -> u32 {
     ALL_CHECKS
         .iter()
-        .filter(|c| !matches!(c, Check::Blk | Check::Rng | Check::Net))
+        .filter(|c| !matches!(c, Check::Blk | Check::Rng | Check::Net | Check::Hostile))
         .fold(0, |m, c| m | c.bit())
 }
 
@@ -54,6 +56,7 @@ impl Check {
             Check::Blk => "blk",
             Check::Rng => "rng",
             Check::Net => "net",
+            Check::Hostile => "hostile",
         }
     }
 
@@ -212,8 +215,42 @@ pub struct NetPlan {
     pub tso: u64,
 }
 
+/// `probe.exit_loop=KIND:N`: N exits of one kind, timed (README).
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub enum ExitLoop {
+    Pio,
+    Mmio,
+    Notify,
+}
+
+impl ExitLoop {
+    pub fn name(self) -> &'static str {
+        match self {
+            ExitLoop::Pio => "pio",
+            ExitLoop::Mmio => "mmio",
+            ExitLoop::Notify => "notify",
+        }
+    }
+}
+
+/// At most this many `probe.exit_loop` tokens (run in command-line order).
+pub const MAX_EXIT_LOOPS: usize = 4;
+/// At most this many `probe.hostile_skip_ports` ranges.
+pub const MAX_SKIP_RANGES: usize = 8;
+
+/// The `hostile` check's parameters (`probe.hostile_*`).
+pub struct HostilePlan {
+    pub seed: u64,
+    pub ms: u64,
+    /// Extra port ranges (inclusive) hostile mode must not touch.
+    pub skip_ports: [(u16, u16); MAX_SKIP_RANGES],
+    pub skip_count: usize,
+}
+
 pub struct Plan {
     checks: u32,
+    pub exit_loops: [Option<(ExitLoop, u64)>; MAX_EXIT_LOOPS],
+    pub hostile: HostilePlan,
     pub cpus: Option<u64>,
     pub mem_mib: Option<u64>,
     pub rtc: Option<u64>,
@@ -239,6 +276,13 @@ impl Plan {
 pub fn parse(cmdline: &[u8]) -> Plan {
     let mut plan = Plan {
         checks: default_checks(),
+        exit_loops: [None; MAX_EXIT_LOOPS],
+        hostile: HostilePlan {
+            seed: 1,
+            ms: 3000,
+            skip_ports: [(0, 0); MAX_SKIP_RANGES],
+            skip_count: 0,
+        },
         cpus: None,
         mem_mib: None,
         rtc: None,
@@ -331,6 +375,44 @@ fn apply(plan: &mut Plan, key: &[u8], value: &[u8], offset: usize) -> bool {
                 }
             }
             plan.checks = mask;
+        }
+        b"exit_loop" => {
+            let Some(colon) = value.iter().position(|&b| b == b':') else {
+                return false;
+            };
+            let kind = match &value[..colon] {
+                b"pio" => ExitLoop::Pio,
+                b"mmio" => ExitLoop::Mmio,
+                b"notify" => ExitLoop::Notify,
+                _ => return false,
+            };
+            let Some(n) = parse_num(&value[colon + 1..]).filter(|n| (1..=1 << 32).contains(n))
+            else {
+                return false;
+            };
+            match plan.exit_loops.iter_mut().find(|l| l.is_none()) {
+                Some(slot) => *slot = Some((kind, n)),
+                None => return false,
+            }
+        }
+        b"hostile_seed" => return set_num(&mut plan.hostile.seed, value, 0, u64::MAX),
+        b"hostile_ms" => return set_num(&mut plan.hostile.ms, value, 1, 600_000),
+        b"hostile_skip_ports" => {
+            let mut n = 0;
+            for part in value.split(|&b| b == b',') {
+                let (lo, hi) = match part.iter().position(|&b| b == b'-') {
+                    Some(d) => (parse_num(&part[..d]), parse_num(&part[d + 1..])),
+                    None => (parse_num(part), parse_num(part)),
+                };
+                match (lo, hi) {
+                    (Some(lo), Some(hi)) if lo <= hi && hi <= 0xffff && n < MAX_SKIP_RANGES => {
+                        plan.hostile.skip_ports[n] = (lo as u16, hi as u16);
+                        n += 1;
+                    }
+                    _ => return false,
+                }
+            }
+            plan.hostile.skip_count = n;
         }
         b"cpus" => return set(&mut plan.cpus, parse_dec(value)),
         b"mem_mib" => return set(&mut plan.mem_mib, parse_dec(value)),

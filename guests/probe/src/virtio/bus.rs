@@ -98,6 +98,11 @@ impl Bus {
             .map(|(i, f)| (i, f.0))
     }
 
+    /// Every modern virtio function (devfn, device ID), in bus order.
+    pub fn functions(&self) -> &[(DevFn, u16)] {
+        &self.fns[..self.nfns]
+    }
+
     /// Why not every BAR of function `i` could be placed or mapped, if so
     /// (the function may still work when its capabilities avoid that BAR).
     pub fn bar_error(&self, i: usize) -> Option<&Msg> {

@@ -364,17 +364,17 @@ pub fn assign_bars(
 /// A modern virtio PCI function, its structures located.
 pub struct Transport {
     pub devfn: DevFn,
-    cfg: ConfigSpace,
-    common: u64,
-    notify: u64,
-    notify_len: u64,
+    pub(crate) cfg: ConfigSpace,
+    pub(crate) common: u64,
+    pub(crate) notify: u64,
+    pub(crate) notify_len: u64,
     pub notify_mult: u32,
     pub isr: u64,
-    device: u64,
+    pub(crate) device: u64,
     pub device_len: u32,
     /// Config-space offset of the MSI-X capability (0: none).
-    msix_cap: u16,
-    msix_table: u64,
+    pub(crate) msix_cap: u16,
+    pub(crate) msix_table: u64,
     pub msix_entries: u16,
 }
 
@@ -680,6 +680,14 @@ impl Transport {
         }
         wr16(c + common::QUEUE_ENABLE, 1);
         Ok((self.notify + at, kept))
+    }
+
+    /// The notify address of queue `q` (selects it), if inside the notify region.
+    pub fn notify_addr(&self, q: u16) -> Option<u64> {
+        self.select_queue(q);
+        let off = u64::from(rd16(self.common + common::QUEUE_NOTIFY_OFF));
+        let at = off * u64::from(self.notify_mult);
+        (at + 2 <= self.notify_len).then_some(self.notify + at)
     }
 
     /// config_msix_vector: write, return what the device kept.

@@ -132,7 +132,7 @@ impl QueueHandler {
             // nothing popped, yet "more available" forever: do not spin.
             idle_rounds = if popped == 0 { idle_rounds + 1 } else { 0 };
             if idle_rounds > 1 {
-                log::warn!(
+                log::debug!(
                     "virtio-blk: queue {}: available ring index is invalid",
                     self.index
                 );
@@ -407,6 +407,7 @@ impl QueueHandler {
 /// The worker's loop; returns when `stop` becomes readable, after every
 /// in-flight request completed.
 pub(super) fn run(mut handler: QueueHandler, notify: Arc<EventFd>, stop: Arc<EventFd>) {
+    crate::seccomp::install(crate::seccomp::ThreadKind::Block);
     log::debug!(
         "virtio-blk: queue {} served with {:?} I/O",
         handler.index,

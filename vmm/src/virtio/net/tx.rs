@@ -99,7 +99,7 @@ impl Tx {
                 0
             };
             if idle_rounds > 1 {
-                log::warn!("virtio-net: transmit queue: available ring index is invalid");
+                log::debug!("virtio-net: transmit queue: available ring index is invalid");
                 break false;
             }
             if !self.ring.enable_notification(&io.mem) {

@@ -49,6 +49,7 @@ pub(super) struct Wakers {
 
 /// The worker's loop; returns when `stop` becomes readable.
 pub(super) fn run(mut worker: Worker, wakers: Wakers) {
+    crate::seccomp::install(crate::seccomp::ThreadKind::Net);
     // Each round publishes what it served before the loop looks at `stop`,
     // so nothing touches the rings once the driver reset the device.
     if let Err(e) = event_loop(&mut worker, &wakers) {

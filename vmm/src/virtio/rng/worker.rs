@@ -89,7 +89,7 @@ impl Handler {
             // always looks like more: do not spin on it.
             idle_rounds = if served == before { idle_rounds + 1 } else { 0 };
             if idle_rounds > 1 {
-                log::warn!("virtio-rng: available ring index is invalid");
+                log::debug!("virtio-rng: available ring index is invalid");
                 break false;
             }
             match self.queue.enable_notification(&self.mem) {
@@ -150,6 +150,7 @@ impl Handler {
 
 /// The worker's loop; returns when `stop` becomes readable.
 pub(super) fn run(mut handler: Handler, notify: Arc<EventFd>, stop: Arc<EventFd>) {
+    crate::seccomp::install(crate::seccomp::ThreadKind::Rng);
     if let Err(e) = event_loop(&mut handler, &notify, &stop) {
         log::error!("virtio-rng: worker stopped: {e}");
     }
