@@ -109,6 +109,12 @@ pub fn configure(want: bool) -> Option<String> {
                 std::io::Error::last_os_error()
             ));
             enabled = false;
+        } else if let Err(e) = seccomp_syscall_works() {
+            // Seen under valgrind, which does not implement seccomp(2).
+            warning = Some(format!(
+                "the seccomp system call is not available ({e}): running without system call filters"
+            ));
+            enabled = false;
         } else if let Err(e) = install_sigsys_handler() {
             warning = Some(format!(
                 "cannot install the SIGSYS handler ({e}): running without system call filters"
@@ -134,6 +140,29 @@ pub fn configure(want: bool) -> Option<String> {
     }
     let _ = CONFIG.set(Config { enabled, forbidden });
     warning
+}
+
+/// Asks seccomp(2) whether the Trap action is available: no side effect,
+/// and it fails where the call itself is missing.
+fn seccomp_syscall_works() -> std::io::Result<()> {
+    const SECCOMP_GET_ACTION_AVAIL: libc::c_ulong = 2;
+    const SECCOMP_RET_TRAP: u32 = 0x0003_0000;
+    let action: u32 = SECCOMP_RET_TRAP;
+    // SAFETY: SECCOMP_GET_ACTION_AVAIL reads one u32 through the pointer,
+    // which points at a live local.
+    let r = unsafe {
+        libc::syscall(
+            libc::SYS_seccomp,
+            SECCOMP_GET_ACTION_AVAIL,
+            0,
+            &action as *const u32,
+        )
+    };
+    if r < 0 {
+        Err(std::io::Error::last_os_error())
+    } else {
+        Ok(())
+    }
 }
 
 /// The compiled filter of `kind` (compiled on first use).
