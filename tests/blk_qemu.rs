@@ -17,35 +17,21 @@ use support::blk::{
 };
 use support::{assert_checks_pass, checks, probe, run_with_limit, Outcome};
 
-const QEMU: &str = "qemu-system-x86_64";
-
-fn qemu_path() -> Option<PathBuf> {
-    let path = std::env::var_os("PATH")?;
-    std::env::split_paths(&path)
-        .map(|d| d.join(QEMU))
-        .find(|p| p.is_file())
-}
-
-/// QEMU and KVM, or None after saying why the test is skipped.
 fn qemu() -> Option<PathBuf> {
-    let Some(qemu) = qemu_path() else {
-        eprintln!("skipped: {QEMU} not installed");
-        return None;
-    };
-    if !Path::new("/dev/kvm").exists() {
-        eprintln!("skipped: /dev/kvm not available for {QEMU}");
-        return None;
-    }
-    Some(qemu)
+    support::qemu::find()
 }
 
 // ---- running QEMU ----
 
 fn command(qemu: &Path, drives: &[Drive], cmdline: &str) -> Command {
-    command_on(qemu, MICROVM, &probe::probe_elf(), drives, cmdline)
+    command_on(
+        qemu,
+        support::qemu::MICROVM,
+        &probe::probe_elf(),
+        drives,
+        cmdline,
+    )
 }
-
-const MICROVM: &str = "microvm,pcie=on,acpi=on,rtc=on";
 
 fn command_on(
     qemu: &Path,
@@ -54,27 +40,15 @@ fn command_on(
     drives: &[Drive],
     cmdline: &str,
 ) -> Command {
-    let mut cmd = Command::new(qemu);
-    cmd.args([
-        "-M",
+    let mut cmd = support::qemu::command(
+        |p| Command::new(p),
+        qemu,
         machine,
-        "-enable-kvm",
-        "-cpu",
-        "host,-arch-capabilities",
-        "-m",
+        kernel,
+        1,
         "512M",
-        "-smp",
-        "1",
-        "-nodefaults",
-        "-no-user-config",
-        "-nographic",
-        "-serial",
-        "stdio",
-        "-no-reboot",
-    ])
-    .arg("-kernel")
-    .arg(kernel)
-    .args(["-append", cmdline]);
+        cmdline,
+    );
     for (i, d) in drives.iter().enumerate() {
         let mut drive = format!("file={},if=none,id=d{i},format=raw", d.path.display());
         if d.readonly {

@@ -11,30 +11,13 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use support::{assert_checks_pass, checks, fact, probe, run_with_limit, Outcome};
 
-const QEMU: &str = "qemu-system-x86_64";
 const ALL: &[&str] = &["cmdline", "memory", "acpi", "smp", "rtc", "pci", "irq"];
 
-fn qemu_path() -> Option<PathBuf> {
-    let path = std::env::var_os("PATH")?;
-    std::env::split_paths(&path)
-        .map(|d| d.join(QEMU))
-        .find(|p| p.is_file())
-}
-
-/// QEMU and KVM, or None after saying why the test is skipped.
 fn qemu() -> Option<PathBuf> {
-    let Some(qemu) = qemu_path() else {
-        eprintln!("skipped: {QEMU} not installed");
-        return None;
-    };
-    if !Path::new("/dev/kvm").exists() {
-        eprintln!("skipped: /dev/kvm not available for {QEMU}");
-        return None;
-    }
-    Some(qemu)
+    support::qemu::find()
 }
 
-const MICROVM: &str = "microvm,pcie=on,acpi=on,rtc=on";
+use support::qemu::MICROVM;
 const Q35: &str = "q35";
 
 /// Boots `kernel` under QEMU (killed after 60 s, or `limit`).
@@ -47,26 +30,15 @@ fn boot(
     cmdline: &str,
     limit: Duration,
 ) -> Outcome {
-    let mut cmd = Command::new(qemu);
-    cmd.args([
-        "-M",
+    let cmd = support::qemu::command(
+        |p| Command::new(p),
+        qemu,
         machine,
-        "-enable-kvm",
-        "-cpu",
-        "host,-arch-capabilities",
-    ])
-    .args(["-m", mem, "-smp", &cpus.to_string()])
-    .args([
-        "-nodefaults",
-        "-no-user-config",
-        "-nographic",
-        "-serial",
-        "stdio",
-        "-no-reboot",
-    ])
-    .arg("-kernel")
-    .arg(kernel)
-    .args(["-append", cmdline]);
+        kernel,
+        cpus,
+        mem,
+        cmdline,
+    );
     run_with_limit(cmd, limit)
 }
 

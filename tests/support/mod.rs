@@ -5,6 +5,7 @@
 pub mod blk;
 pub mod net;
 pub mod probe;
+pub mod qemu;
 pub mod scenarios;
 
 use std::collections::BTreeMap;

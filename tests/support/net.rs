@@ -1098,16 +1098,4 @@ pub fn run_in_namespace(
 }
 
 /// `PROBE <topic> k=v ...` lines as maps (in output order).
-pub fn facts(stdout: &str, topic: &str) -> Vec<BTreeMap<String, String>> {
-    let prefix = format!("PROBE {topic} ");
-    stdout
-        .lines()
-        .filter_map(|l| l.trim_end_matches('\r').strip_prefix(&prefix))
-        .map(|rest| {
-            rest.split_whitespace()
-                .filter_map(|kv| kv.split_once('='))
-                .map(|(k, v)| (k.to_string(), v.to_string()))
-                .collect()
-        })
-        .collect()
-}
+pub use super::blk::lines as facts;

@@ -11,8 +11,8 @@ use std::process::Command;
 use std::time::Duration;
 
 use super::net::{
-    facts, fnv1a64, pattern, run_in_namespace, unavailable, which, NetNs, Nic, PeerConfig,
-    PeerReport, PingJob, Run, NIC0, NIC1, TSO_SEED,
+    facts, fnv1a64, pattern, run_in_namespace, unavailable, NetNs, Nic, PeerConfig, PeerReport,
+    PingJob, Run, NIC0, NIC1, TSO_SEED,
 };
 use super::{assert_checks_pass, checks, probe, run_with_limit, Outcome, UTSUWA};
 
@@ -28,14 +28,7 @@ pub enum Vmm {
 impl Vmm {
     /// QEMU with /dev/kvm, or None after saying why the test is skipped.
     pub fn qemu() -> Option<Vmm> {
-        let Some(qemu) = which(QEMU) else {
-            eprintln!("skipped: {QEMU} not installed");
-            return None;
-        };
-        if !Path::new("/dev/kvm").exists() {
-            eprintln!("skipped: /dev/kvm not available for {QEMU}");
-            return None;
-        }
+        let qemu = super::qemu::find()?;
         Some(Vmm::Qemu(qemu))
     }
 
@@ -69,30 +62,15 @@ impl Vmm {
     /// the probe, 1 vCPU, 512 MiB and `cmdline`.
     fn base(&self, program: impl FnOnce(&Path) -> Command, cmdline: &str) -> Command {
         match self {
-            Vmm::Qemu(qemu) => {
-                let mut cmd = program(qemu);
-                cmd.args([
-                    "-M",
-                    "microvm,pcie=on,acpi=on,rtc=on",
-                    "-enable-kvm",
-                    "-cpu",
-                    "host,-arch-capabilities",
-                    "-m",
-                    "512M",
-                    "-smp",
-                    "1",
-                    "-nodefaults",
-                    "-no-user-config",
-                    "-nographic",
-                    "-serial",
-                    "stdio",
-                    "-no-reboot",
-                ])
-                .arg("-kernel")
-                .arg(probe::probe_elf())
-                .args(["-append", cmdline]);
-                cmd
-            }
+            Vmm::Qemu(qemu) => super::qemu::command(
+                program,
+                qemu,
+                super::qemu::MICROVM,
+                &probe::probe_elf(),
+                1,
+                "512M",
+                cmdline,
+            ),
             Vmm::Utsuwa => {
                 let mut cmd = program(Path::new(UTSUWA));
                 cmd.args(["run", "--cpus", "1", "--memory", "512M", "--kernel"])

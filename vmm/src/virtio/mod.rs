@@ -8,6 +8,7 @@ pub mod block;
 pub mod net;
 pub mod rng;
 pub mod transport;
+pub mod workers;
 
 use std::sync::Arc;
 
@@ -46,6 +47,20 @@ pub trait VirtioInterrupt: Send + Sync {
     fn trigger_queue(&self, queue: u16);
     /// The device changed its configuration space.
     fn trigger_config(&self);
+}
+
+/// Copies `data.len()` bytes of a device's configuration space at
+/// `offset`; bytes past its end read as zero.
+pub fn read_config_bytes(config: &[u8], offset: u64, data: &mut [u8]) {
+    data.fill(0);
+    let Ok(start) = usize::try_from(offset) else {
+        return;
+    };
+    for (i, byte) in data.iter_mut().enumerate() {
+        if let Some(v) = start.checked_add(i).and_then(|o| config.get(o)) {
+            *byte = *v;
+        }
+    }
 }
 
 /// One queue as the driver set it up, ready for the device.

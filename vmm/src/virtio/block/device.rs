@@ -1,12 +1,12 @@
 //! `Block`, the `VirtioDevice`: feature bits, the configuration space
 //! (5.2.4), and starting/stopping the per-queue workers.
 
+use crate::virtio::read_config_bytes;
+use crate::virtio::workers::Workers;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
-use std::thread::JoinHandle;
 
 use virtio_queue::QueueT;
-use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
 
 use super::disk::{Disk, SECTOR_SIZE};
 use super::request::MAX_DISCARD_SEGMENTS;
@@ -69,8 +69,7 @@ pub struct Block {
     config: [u8; cfg::LEN],
     stats: Arc<BlockStats>,
     engine: Engine,
-    stop: Option<Arc<EventFd>>,
-    workers: Vec<JoinHandle<()>>,
+    workers: Workers,
 }
 
 fn put(config: &mut [u8], offset: usize, bytes: &[u8]) {
@@ -103,8 +102,7 @@ impl Block {
             config,
             stats: Arc::new(BlockStats::default()),
             engine: Engine::from_env(),
-            stop: None,
-            workers: Vec::new(),
+            workers: Workers::new(),
         })
     }
 
@@ -136,16 +134,7 @@ impl Block {
     }
 
     fn stop_workers(&mut self) {
-        if let Some(stop) = self.stop.take() {
-            if let Err(e) = stop.write(1) {
-                log::error!("virtio-blk: cannot stop the workers of blk{}: {e}", self.id);
-            }
-        }
-        for w in self.workers.drain(..) {
-            if w.join().is_err() {
-                log::error!("virtio-blk: a worker of blk{} panicked", self.id);
-            }
-        }
+        self.workers.stop(&format!("virtio-blk: blk{}", self.id));
     }
 }
 
@@ -235,15 +224,7 @@ impl VirtioDevice for Block {
     }
 
     fn read_config(&self, offset: u64, data: &mut [u8]) {
-        data.fill(0);
-        let Ok(start) = usize::try_from(offset) else {
-            return;
-        };
-        for (i, byte) in data.iter_mut().enumerate() {
-            if let Some(v) = start.checked_add(i).and_then(|o| self.config.get(o)) {
-                *byte = *v;
-            }
-        }
+        read_config_bytes(&self.config, offset, data);
     }
 
     fn write_config(&mut self, offset: u64, data: &[u8]) {
@@ -283,8 +264,7 @@ impl VirtioDevice for Block {
                 ));
             }
         }
-        let stop = Arc::new(EventFd::new(EFD_NONBLOCK).map_err(ActivateError::Worker)?);
-        self.stop = Some(stop.clone());
+        let stop = self.workers.stop_event().map_err(ActivateError::Worker)?;
         let writethrough = acked_features & VIRTIO_BLK_F_FLUSH == 0;
         let event_idx = acked_features & VIRTIO_RING_F_EVENT_IDX != 0;
         for mut q in queues {
@@ -300,15 +280,14 @@ impl VirtioDevice for Block {
             };
             let (mem, stop, notify) = (mem.clone(), stop.clone(), q.notify);
             let queue = q.queue;
-            let spawned = std::thread::Builder::new()
-                .name(format!("blk{}-q{}", self.id, q.index))
-                .spawn(move || worker::run(QueueHandler::new(cfg, queue, mem), notify, stop));
-            match spawned {
-                Ok(handle) => self.workers.push(handle),
-                Err(e) => {
-                    self.stop_workers();
-                    return Err(ActivateError::Worker(e));
-                }
+            let spawned = self
+                .workers
+                .spawn(format!("blk{}-q{}", self.id, q.index), move || {
+                    worker::run(QueueHandler::new(cfg, queue, mem), notify, stop)
+                });
+            if let Err(e) = spawned {
+                self.stop_workers();
+                return Err(ActivateError::Worker(e));
             }
         }
         Ok(())

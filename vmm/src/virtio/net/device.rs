@@ -2,12 +2,12 @@
 //! (5.1.4), and starting/stopping the worker, which also tells the TAP
 //! which offloads the guest accepted.
 
+use crate::virtio::read_config_bytes;
+use crate::virtio::workers::Workers;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
-use std::thread::JoinHandle;
 
 use virtio_queue::QueueT;
-use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
 
 use super::ring::Ring;
 use super::rx::Rx;
@@ -62,8 +62,7 @@ pub struct Net {
     mac: MacAddr,
     config: [u8; cfg::LEN],
     stats: Arc<NetStats>,
-    stop: Option<Arc<EventFd>>,
-    worker: Option<JoinHandle<()>>,
+    workers: Workers,
 }
 
 impl Net {
@@ -93,8 +92,7 @@ impl Net {
             mac,
             config,
             stats: Arc::new(NetStats::default()),
-            stop: None,
-            worker: None,
+            workers: Workers::new(),
         }
     }
 
@@ -119,16 +117,7 @@ impl Net {
     }
 
     fn stop_worker(&mut self) {
-        if let Some(stop) = self.stop.take() {
-            if let Err(e) = stop.write(1) {
-                log::error!("virtio-net: cannot stop the worker of net{}: {e}", self.id);
-            }
-        }
-        if let Some(w) = self.worker.take() {
-            if w.join().is_err() {
-                log::error!("virtio-net: the worker of net{} panicked", self.id);
-            }
-        }
+        self.workers.stop(&format!("virtio-net: net{}", self.id));
     }
 
     /// Tells the TAP what the guest takes; on failure, nothing at all.
@@ -170,15 +159,7 @@ impl VirtioDevice for Net {
     }
 
     fn read_config(&self, offset: u64, data: &mut [u8]) {
-        data.fill(0);
-        let Ok(start) = usize::try_from(offset) else {
-            return;
-        };
-        for (i, byte) in data.iter_mut().enumerate() {
-            if let Some(v) = start.checked_add(i).and_then(|o| self.config.get(o)) {
-                *byte = *v;
-            }
-        }
+        read_config_bytes(&self.config, offset, data);
     }
 
     fn write_config(&mut self, offset: u64, data: &[u8]) {
@@ -225,7 +206,7 @@ impl VirtioDevice for Net {
         rx.queue.set_event_idx(event_idx);
         tx.queue.set_event_idx(event_idx);
         let offloads = self.set_offloads(Offloads::from_features(acked_features));
-        let stop = Arc::new(EventFd::new(EFD_NONBLOCK).map_err(ActivateError::Worker)?);
+        let stop = self.workers.stop_event().map_err(ActivateError::Worker)?;
         let worker = Worker {
             io: Io {
                 mem,
@@ -246,15 +227,13 @@ impl VirtioDevice for Net {
         let wakers = Wakers {
             rx: rx.notify,
             tx: tx.notify,
-            stop: stop.clone(),
+            stop,
         };
-        let handle = std::thread::Builder::new()
-            .name(format!("net{}", self.id))
-            .spawn(move || worker::run(worker, wakers))
-            .map_err(ActivateError::Worker)?;
-        self.stop = Some(stop);
-        self.worker = Some(handle);
-        Ok(())
+        self.workers
+            .spawn(format!("net{}", self.id), move || {
+                worker::run(worker, wakers)
+            })
+            .map_err(ActivateError::Worker)
     }
 
     fn reset(&mut self) {

@@ -1,12 +1,11 @@
 //! `Rng`, the `VirtioDevice`: one request queue (5.4.2), no feature bits
 //! of its own (5.4.3), no configuration space (5.4.4).
 
+use crate::virtio::workers::Workers;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
-use std::thread::JoinHandle;
 
 use virtio_queue::QueueT;
-use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
 
 use super::worker::{self, Handler};
 use super::RngStats;
@@ -26,8 +25,7 @@ static NEXT_ID: AtomicUsize = AtomicUsize::new(0);
 pub struct Rng {
     id: usize,
     stats: Arc<RngStats>,
-    stop: Option<Arc<EventFd>>,
-    worker: Option<JoinHandle<()>>,
+    workers: Workers,
 }
 
 impl Default for Rng {
@@ -42,8 +40,7 @@ impl Rng {
         Rng {
             id: NEXT_ID.fetch_add(1, Ordering::Relaxed),
             stats: Arc::new(RngStats::default()),
-            stop: None,
-            worker: None,
+            workers: Workers::new(),
         }
     }
 
@@ -53,16 +50,7 @@ impl Rng {
     }
 
     fn stop_worker(&mut self) {
-        if let Some(stop) = self.stop.take() {
-            if let Err(e) = stop.write(1) {
-                log::error!("virtio-rng: cannot stop the worker of rng{}: {e}", self.id);
-            }
-        }
-        if let Some(w) = self.worker.take() {
-            if w.join().is_err() {
-                log::error!("virtio-rng: the worker of rng{} panicked", self.id);
-            }
-        }
+        self.workers.stop(&format!("virtio-rng: rng{}", self.id));
     }
 }
 
@@ -118,16 +106,14 @@ impl VirtioDevice for Rng {
         }
         q.queue
             .set_event_idx(acked_features & VIRTIO_RING_F_EVENT_IDX != 0);
-        let stop = Arc::new(EventFd::new(EFD_NONBLOCK).map_err(ActivateError::Worker)?);
+        let stop = self.workers.stop_event().map_err(ActivateError::Worker)?;
         let handler = Handler::new(0, q.queue, mem, self.stats.clone(), interrupt);
-        let (notify, stop_rx) = (q.notify, stop.clone());
-        let handle = std::thread::Builder::new()
-            .name(format!("rng{}", self.id))
-            .spawn(move || worker::run(handler, notify, stop_rx))
-            .map_err(ActivateError::Worker)?;
-        self.stop = Some(stop);
-        self.worker = Some(handle);
-        Ok(())
+        let notify = q.notify;
+        self.workers
+            .spawn(format!("rng{}", self.id), move || {
+                worker::run(handler, notify, stop)
+            })
+            .map_err(ActivateError::Worker)
     }
 
     fn reset(&mut self) {
