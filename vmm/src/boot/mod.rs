@@ -122,7 +122,7 @@ pub fn load_kernel(mem: &GuestMemoryMmap, path: &Path) -> Result<LoadedKernel, B
                 }
             }
         };
-        let is_linux = contains_linux_banner(&mut file);
+        let is_linux = has_linux_note(&mut file);
         return Ok(LoadedKernel {
             entry,
             end: result.kernel_end,
@@ -169,26 +169,69 @@ fn read_elf_entry(file: &mut File) -> std::io::Result<u64> {
     Ok(u64::from_le_bytes(entry))
 }
 
-/// Whether an ELF kernel carries Linux's banner ("Linux version ").
-fn contains_linux_banner(file: &mut File) -> bool {
-    const BANNER: &[u8] = b"Linux version ";
-    if file.seek(SeekFrom::Start(0)).is_err() {
-        return false;
+/// Whether an ELF kernel is Linux: it has an ELF note owned by "Linux"
+/// (every vmlinux carries one, e.g. its build salt). Only the program
+/// headers and the note segments are read, not the whole image.
+fn has_linux_note(file: &mut File) -> bool {
+    read_notes(file).is_ok_and(|notes| notes_have_owner(&notes, b"Linux"))
+}
+
+/// The bytes of every PT_NOTE segment of a 64-bit little-endian ELF
+/// (at most 64 KiB in all: notes are small).
+fn read_notes(file: &mut File) -> std::io::Result<Vec<u8>> {
+    const PT_NOTE: u32 = 4;
+    const MAX_NOTES: u64 = 64 << 10;
+    let mut ehdr = [0u8; 64];
+    file.seek(SeekFrom::Start(0))?;
+    file.read_exact(&mut ehdr)?;
+    let phoff = u64::from_le_bytes(ehdr[0x20..0x28].try_into().unwrap_or_default());
+    let phentsize = u64::from(u16::from_le_bytes([ehdr[0x36], ehdr[0x37]]));
+    let phnum = u64::from(u16::from_le_bytes([ehdr[0x38], ehdr[0x39]]));
+    let mut notes = Vec::new();
+    for i in 0..phnum {
+        let mut phdr = [0u8; 56];
+        file.seek(SeekFrom::Start(
+            phoff.saturating_add(i.saturating_mul(phentsize)),
+        ))?;
+        file.read_exact(&mut phdr)?;
+        if u32::from_le_bytes(phdr[0..4].try_into().unwrap_or_default()) != PT_NOTE {
+            continue;
+        }
+        let offset = u64::from_le_bytes(phdr[8..16].try_into().unwrap_or_default());
+        let size = u64::from_le_bytes(phdr[32..40].try_into().unwrap_or_default());
+        if size > MAX_NOTES.saturating_sub(notes.len() as u64) {
+            break;
+        }
+        let mut bytes = vec![0u8; size as usize];
+        file.seek(SeekFrom::Start(offset))?;
+        file.read_exact(&mut bytes)?;
+        notes.extend_from_slice(&bytes);
     }
-    let mut buf = vec![0u8; 1 << 20];
-    let mut carry = 0;
-    loop {
-        let n = match file.read(&mut buf[carry..]) {
-            Ok(0) | Err(_) => return false,
-            Ok(n) => n,
-        };
-        let filled = carry + n;
-        if buf[..filled].windows(BANNER.len()).any(|w| w == BANNER) {
+    Ok(notes)
+}
+
+/// Whether a sequence of ELF notes (namesz, descsz, type, name, desc; each
+/// part padded to 4 bytes) has one whose name is `owner`.
+fn notes_have_owner(mut notes: &[u8], owner: &[u8]) -> bool {
+    let word = |b: &[u8], at: usize| {
+        b.get(at..at + 4)
+            .map(|w| u32::from_le_bytes([w[0], w[1], w[2], w[3]]) as usize)
+    };
+    let pad = |n: usize| n.div_ceil(4) * 4;
+    while let (Some(namesz), Some(descsz)) = (word(notes, 0), word(notes, 4)) {
+        let name = notes.get(12..12 + namesz).unwrap_or(&[]);
+        if name.strip_suffix(b"\0").unwrap_or(name) == owner {
             return true;
         }
-        carry = BANNER.len().min(filled);
-        buf.copy_within(filled - carry..filled, 0);
+        let next = 12usize
+            .saturating_add(pad(namesz))
+            .saturating_add(pad(descsz));
+        match notes.get(next..) {
+            Some(rest) if next > 12 || !rest.is_empty() => notes = rest,
+            _ => return false,
+        }
     }
+    false
 }
 
 /// Loads the initrd as high as the protocol allows: page-aligned, below
@@ -291,6 +334,34 @@ mod tests {
         ));
         std::fs::remove_file(empty).unwrap();
         std::fs::remove_file(garbage).unwrap();
+    }
+
+    /// One ELF note: namesz, descsz, type, name, desc, padded to 4 bytes.
+    fn note(name: &[u8], desc: &[u8]) -> Vec<u8> {
+        let mut n = Vec::new();
+        n.extend_from_slice(&(name.len() as u32 + 1).to_le_bytes());
+        n.extend_from_slice(&(desc.len() as u32).to_le_bytes());
+        n.extend_from_slice(&1u32.to_le_bytes());
+        n.extend_from_slice(name);
+        n.push(0);
+        n.resize(n.len().div_ceil(4) * 4, 0);
+        n.extend_from_slice(desc);
+        n.resize(n.len().div_ceil(4) * 4, 0);
+        n
+    }
+
+    #[test]
+    fn linux_is_recognised_by_its_elf_note() {
+        let notes = [note(b"Xen", &[0; 8]), note(b"Linux", b"salt")].concat();
+        assert!(notes_have_owner(&notes, b"Linux"));
+        assert!(!notes_have_owner(&note(b"Xen", &[0; 8]), b"Linux"));
+        assert!(!notes_have_owner(&note(b"Linuxish", &[]), b"Linux"));
+        // Truncated and hostile sizes end the walk instead of panicking.
+        assert!(!notes_have_owner(&notes[..10], b"Linux"));
+        let mut huge = note(b"Xen", &[]);
+        huge[4..8].copy_from_slice(&u32::MAX.to_le_bytes());
+        assert!(!notes_have_owner(&huge, b"Linux"));
+        assert!(!notes_have_owner(&[0u8; 12], b"Linux"));
     }
 
     #[test]
