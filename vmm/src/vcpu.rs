@@ -39,10 +39,10 @@ extern "C" fn kick_handler(_: libc::c_int, _: *mut libc::siginfo_t, _: *mut libc
     // read: async-signal-safe.
     let run = KVM_RUN.with(Cell::get);
     if !run.is_null() {
-        // SAFETY: `run` is this thread's own kvm_run mapping, set by `run`
-        // below before the first KVM_RUN and cleared before the VcpuFd that
-        // owns the mapping is dropped; the handler runs on that thread, so
-        // the mapping is alive. A volatile byte store is all it does.
+        // `run` is set by `run` below before the first KVM_RUN and cleared
+        // before the VcpuFd owning the mapping is dropped.
+        // SAFETY: this thread's own live kvm_run mapping (the handler runs
+        // on that thread); a volatile byte store is all it does.
         unsafe { std::ptr::addr_of_mut!((*run).immediate_exit).write_volatile(1) };
     }
 }

@@ -107,9 +107,9 @@ impl Uring {
         };
         *place = Some(work);
         let mut sq = self.ring.submission();
-        // SAFETY: the entry's iovec array and the buffers it points to (guest
-        // memory, or the bounce buffer) live in `self.slots[slot]`, untouched
-        // until the completion for `slot` is reaped; `Drop` waits for every
+        // The iovecs and their buffers (guest memory or the bounce buffer)
+        // live in `self.slots[slot]` until its completion is reaped.
+        // SAFETY: they outlive the operation: `Drop` waits for every
         // completion before any of it is freed.
         let pushed = unsafe { sq.push(&entry) };
         drop(sq);

@@ -129,10 +129,10 @@ impl Tx {
         let Some(iov) = chain::iovecs(&io.mem, &bufs.regions) else {
             return refuse("buffers not backed by guest memory");
         };
+        // The guest may change the bytes meanwhile: that only garbles its
+        // own frame.
         // SAFETY: the iovecs point into guest memory (checked by
-        // `get_slices`), mapped as long as `io.mem` lives, which outlasts
-        // the call. The guest may change the bytes meanwhile, which only
-        // garbles its own frame.
+        // `get_slices`), mapped while `io.mem` lives, beyond the call.
         match unsafe { io.tap.writev(&iov) } {
             Ok(_) => {
                 NetStats::add(&io.stats.tx_frames, 1);
