@@ -5,7 +5,9 @@
 //! its I/O and its event loop side by side.
 
 pub mod block;
+pub(crate) mod chain;
 pub mod net;
+pub(crate) mod ring;
 pub mod rng;
 pub mod transport;
 pub mod workers;
