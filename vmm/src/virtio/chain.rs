@@ -187,3 +187,33 @@ pub(crate) fn iovecs(mem: &GuestMemoryMmap, regions: &[Region]) -> Option<Vec<li
     }
     Some(iov)
 }
+
+/// The part of `regions` from byte `skip`, at most `len` bytes long.
+pub(crate) fn sub_regions(regions: &[Region], skip: u64, len: u64) -> Vec<Region> {
+    let mut out = Vec::new();
+    let (mut skip, mut left) = (skip, len);
+    for r in regions {
+        if left == 0 {
+            break;
+        }
+        let rlen = u64::from(r.len);
+        if skip >= rlen {
+            skip -= rlen;
+            continue;
+        }
+        // `take <= rlen - skip <= u32::MAX`.
+        let take = (rlen - skip).min(left);
+        out.push(Region {
+            addr: r.addr.unchecked_add(skip),
+            len: take as u32,
+        });
+        left -= take;
+        skip = 0;
+    }
+    out
+}
+
+/// The first `len` bytes of `regions`.
+pub(crate) fn prefix(regions: &[Region], len: u64) -> Vec<Region> {
+    sub_regions(regions, 0, len)
+}
