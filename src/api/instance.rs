@@ -369,7 +369,8 @@ impl Instance {
 
     pub fn put_vsock(&mut self, vsock: Vsock) -> Result<(), ApiError> {
         self.pre_boot("vsock")?;
-        VsockConfig::check_cid(u64::from(vsock.guest_cid)).map_err(ApiError::Invalid)?;
+        VsockConfig::check_cid(u64::from(vsock.guest_cid))
+            .map_err(|e| ApiError::Invalid(format!("guest_cid: {e}")))?;
         if vsock.uds_path.is_empty() {
             return Err(ApiError::Invalid("uds_path must not be empty".into()));
         }
@@ -411,10 +412,22 @@ impl Instance {
             })
             .collect();
         cfg.rng = self.entropy.is_some();
-        cfg.vsock = self.vsock.as_ref().map(|v| VsockConfig {
-            cid: v.guest_cid,
-            socket: PathBuf::from(&v.uds_path),
-        });
+        if let Some(v) = &self.vsock {
+            let socket = PathBuf::from(&v.uds_path);
+            // Said here, before any device exists, rather than by bind(2).
+            if let Some(dir) = socket.parent().filter(|d| !d.as_os_str().is_empty()) {
+                if !dir.is_dir() {
+                    return Err(ApiError::Invalid(format!(
+                        "vsock: the folder of uds_path ({}) does not exist",
+                        dir.display()
+                    )));
+                }
+            }
+            cfg.vsock = Some(VsockConfig {
+                cid: v.guest_cid,
+                socket,
+            });
+        }
         Ok(cfg)
     }
 
