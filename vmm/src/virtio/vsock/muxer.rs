@@ -87,6 +87,11 @@ impl Muxer {
         self.conns.len()
     }
 
+    #[cfg(test)]
+    pub(super) fn pending_resets(&self) -> usize {
+        self.resets.len()
+    }
+
     /// True when the guest is owed a packet (or might be: a ready
     /// connection's stream may turn out empty).
     pub(super) fn has_rx_work(&self) -> bool {
