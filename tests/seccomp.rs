@@ -73,14 +73,20 @@ fn a_filtered_vm_does_its_work() {
 fn every_thread_kind_dies_on_a_forbidden_call() {
     let scratch = Scratch::new("seccomp", "forbidden");
     let disk = disk(&scratch);
-    for (kind, thread) in [
-        ("main", "main"),
-        ("vcpu", "vcpu"),
-        ("blk", "blk0-q"),
-        ("rng", "rng0"),
-        ("console", "console"),
+    let vsock = format!(
+        "--vsock=cid=3,socket={}",
+        scratch.path().join("v.sock").display()
+    );
+    for (kind, thread, extra) in [
+        ("main", "main", None),
+        ("vcpu", "vcpu", None),
+        ("spawner", "spawner", None),
+        ("blk", "blk0-q", None),
+        ("rng", "rng0", None),
+        ("vsock", "vsock0", Some(vsock.as_str())),
+        ("console", "console", None),
     ] {
-        let mut cmd = probe_cmd(&disk, "halt", &[]);
+        let mut cmd = probe_cmd(&disk, "halt", extra.as_slice());
         cmd.env("UTSUWA_SECCOMP_TEST_FORBIDDEN", kind);
         let out = run_with_limit(cmd, Duration::from_secs(30));
         assert_eq!(out.status.code(), Some(31), "{kind}: {}", out.dump());

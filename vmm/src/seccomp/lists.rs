@@ -19,8 +19,8 @@ const KVM_SET_GSI_ROUTING: u64 = 0x4008_AE6A; // _IOW(0x6a, kvm_irq_routing: 8)
 
 type Rules = Vec<(i64, Vec<SeccompRule>)>;
 
-/// What the block, net and rng workers need beyond the vCPU's own list:
-/// a vCPU thread starts them, so its filter must let these through.
+/// What the block, net and rng workers need beyond the common list: the
+/// spawner thread starts them, so its filter must let these through.
 const WORKER_EXTRA: &[i64] = &[
     libc::SYS_epoll_create1,
     libc::SYS_epoll_ctl,
@@ -125,7 +125,8 @@ pub fn rules(kind: ThreadKind) -> Result<BTreeMap<i64, Vec<SeccompRule>>, String
         ThreadKind::Vcpu => {
             // KVM_RUN and what exits lead to; device activation by the
             // guest driver (MSI-X routes, irqfds, ioeventfd doorbells,
-            // TAP offloads) and the worker threads it starts.
+            // TAP offloads, the stop eventfd). Workers are started by the
+            // spawner thread, not here: no clone, no seccomp, no io_uring.
             add_ioctls(
                 &mut r,
                 &[
@@ -146,16 +147,26 @@ pub fn rules(kind: ThreadKind) -> Result<BTreeMap<i64, Vec<SeccompRule>>, String
                     libc::SYS_clock_nanosleep,
                     libc::SYS_nanosleep,
                     libc::SYS_sched_getaffinity,
+                ],
+            );
+        }
+        ThreadKind::Spawner => {
+            // Starts device workers: thread creation, and what a worker
+            // does before its own filter is on and in its loop (seccomp
+            // filters are inherited and all of them apply), which its own
+            // filter then narrows.
+            plain(&mut r, WORKER_EXTRA);
+            plain(
+                &mut r,
+                &[
+                    libc::SYS_read,
+                    libc::SYS_eventfd2,
+                    libc::SYS_sched_getaffinity,
                     libc::SYS_rseq,
                     libc::SYS_set_robust_list,
                     libc::SYS_clone3, // answers ENOSYS: see `no_clone3`
                 ],
             );
-            // The device workers the vCPU starts inherit this filter and
-            // stack their own on it (seccomp filters are inherited and
-            // all of them apply): what a worker does at its start and in
-            // its loop must pass here too. Its own filter narrows it.
-            plain(&mut r, WORKER_EXTRA);
             r.push((
                 libc::SYS_prctl,
                 vec![
@@ -222,8 +233,9 @@ pub fn rules(kind: ThreadKind) -> Result<BTreeMap<i64, Vec<SeccompRule>>, String
         ),
         ThreadKind::Vsock => {
             // Its own epoll set, the host streams (accept, read the
-            // CONNECT line with MSG_PEEK, splice with readv/writev, shut
-            // down), connecting to PATH_<port>: Unix sockets only.
+            // CONNECT line with MSG_PEEK, splice with readv/writev, the
+            // OK line with send, shut down), connecting to PATH_<port>:
+            // Unix sockets only.
             plain(
                 &mut r,
                 &[
@@ -231,6 +243,7 @@ pub fn rules(kind: ThreadKind) -> Result<BTreeMap<i64, Vec<SeccompRule>>, String
                     libc::SYS_readv,
                     libc::SYS_writev,
                     libc::SYS_recvfrom,
+                    libc::SYS_sendto,
                     libc::SYS_accept4,
                     libc::SYS_connect,
                     libc::SYS_shutdown,

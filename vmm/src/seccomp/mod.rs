@@ -36,6 +36,9 @@ pub enum ThreadKind {
     Rng,
     /// The virtio-vsock worker (started with the device, not by a vCPU).
     Vsock,
+    /// The thread that starts the other devices' workers
+    /// (`virtio::workers`), so that they never inherit a vCPU's filter.
+    Spawner,
     /// The console input thread.
     Console,
     /// The API server thread (the main thread in API mode) once the VM is
@@ -44,13 +47,14 @@ pub enum ThreadKind {
 }
 
 impl ThreadKind {
-    pub const ALL: [ThreadKind; 8] = [
+    pub const ALL: [ThreadKind; 9] = [
         ThreadKind::Main,
         ThreadKind::Vcpu,
         ThreadKind::Block,
         ThreadKind::Net,
         ThreadKind::Rng,
         ThreadKind::Vsock,
+        ThreadKind::Spawner,
         ThreadKind::Console,
         ThreadKind::Api,
     ];
@@ -64,6 +68,7 @@ impl ThreadKind {
             ThreadKind::Net => "net",
             ThreadKind::Rng => "rng",
             ThreadKind::Vsock => "vsock",
+            ThreadKind::Spawner => "spawner",
             ThreadKind::Console => "console",
             ThreadKind::Api => "api",
         }
@@ -134,6 +139,14 @@ pub fn configure(want: bool) -> Option<String> {
         let cpus = std::thread::available_parallelism().map_or(1, |n| n.get());
         // SAFETY: mallopt only sets a malloc parameter.
         unsafe { libc::mallopt(libc::M_ARENA_MAX, (8 * cpus) as libc::c_int) };
+        // It also reads /proc/sys/vm/overcommit_memory the first time it
+        // shrinks a thread arena's heap (the vsock worker's, when a busy
+        // connection's buffer is freed). Arena heaps are at most 64 MiB:
+        // with the trim threshold there, it never shrinks one (an empty
+        // one is still unmapped whole), and buffers from the mmap
+        // threshold (128 KiB, now fixed) up are still returned at free.
+        // SAFETY: as above.
+        unsafe { libc::mallopt(libc::M_TRIM_THRESHOLD, 64 << 20) };
         // All of them compile in about 0.1 ms: do it before any thread starts.
         for kind in ThreadKind::ALL {
             if let Err(e) = program(kind) {
@@ -144,6 +157,11 @@ pub fn configure(want: bool) -> Option<String> {
         let _ = no_clone3();
     }
     let _ = CONFIG.set(Config { enabled, forbidden });
+    // Device workers are started by their own thread, made now while no
+    // filter is on (see `virtio::workers`).
+    if let Err(e) = crate::virtio::workers::start_spawner() {
+        warning = Some(format!("cannot start the device thread spawner: {e}"));
+    }
     warning
 }
 
@@ -220,7 +238,7 @@ pub fn install(kind: ThreadKind) {
     }
     remember_thread_name(kind);
     let result = program(kind).and_then(|prog| {
-        if kind == ThreadKind::Vcpu {
+        if kind == ThreadKind::Spawner {
             seccompiler::apply_filter(no_clone3()?).map_err(|e| e.to_string())?;
         }
         seccompiler::apply_filter(prog).map_err(|e| e.to_string())

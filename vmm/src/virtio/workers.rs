@@ -2,11 +2,77 @@
 //! and how they end: every worker polls one stop eventfd; stopping writes
 //! it and joins them all. Shared by every device so none has to get the
 //! stop-then-join order right again.
+//!
+//! Who starts them: the driver activates a device from a vCPU thread, but
+//! a thread inherits its creator's seccomp filter, so a worker started
+//! there would need the vCPU's list to allow everything the worker does
+//! (io_uring set-up, clone, seccomp itself). Instead, workers are started
+//! by one small spawner thread ([`start_spawner`], before any filter),
+//! whose own filter is the workers' needs plus thread creation; the vCPU
+//! list then carries none of it. Without the spawner (unit tests) a
+//! worker is started directly.
 
-use std::sync::Arc;
+use std::io;
+use std::sync::mpsc::{self, Sender};
+use std::sync::{Arc, Mutex, OnceLock};
 use std::thread::JoinHandle;
 
 use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
+
+type Body = Box<dyn FnOnce() + Send + 'static>;
+
+/// A thread to start, and where to send its handle.
+struct SpawnRequest {
+    name: String,
+    body: Body,
+    reply: Sender<io::Result<JoinHandle<()>>>,
+}
+
+static SPAWNER: OnceLock<Mutex<Sender<SpawnRequest>>> = OnceLock::new();
+
+/// Starts the spawner thread (once; later calls do nothing). Call it
+/// before any seccomp filter is installed on the calling thread.
+pub fn start_spawner() -> io::Result<()> {
+    if SPAWNER.get().is_some() {
+        return Ok(());
+    }
+    let (tx, rx) = mpsc::channel::<SpawnRequest>();
+    std::thread::Builder::new()
+        .name("spawner".into())
+        .spawn(move || {
+            // The process's stop signals are taken by the console thread
+            // (sigwait); this thread and the workers it starts must not
+            // take them, or the default action would kill the process.
+            for sig in [libc::SIGINT, libc::SIGTERM, libc::SIGHUP] {
+                let _ = vmm_sys_util::signal::block_signal(sig);
+            }
+            crate::seccomp::install(crate::seccomp::ThreadKind::Spawner);
+            for req in rx {
+                let handle = std::thread::Builder::new().name(req.name).spawn(req.body);
+                let _ = req.reply.send(handle);
+            }
+        })?;
+    let _ = SPAWNER.set(Mutex::new(tx));
+    Ok(())
+}
+
+/// Starts a thread named `name`: through the spawner if it runs.
+fn spawn_thread(name: String, body: Body) -> io::Result<JoinHandle<()>> {
+    let Some(spawner) = SPAWNER.get() else {
+        return std::thread::Builder::new().name(name).spawn(body);
+    };
+    let (reply, answer) = mpsc::channel();
+    let sent = spawner
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .send(SpawnRequest { name, body, reply });
+    if sent.is_err() {
+        return Err(io::Error::other("the thread spawner is gone"));
+    }
+    answer
+        .recv()
+        .map_err(|_| io::Error::other("the thread spawner is gone"))?
+}
 
 /// A device's worker threads.
 #[derive(Default)]
@@ -36,7 +102,7 @@ impl Workers {
         name: String,
         body: impl FnOnce() + Send + 'static,
     ) -> std::io::Result<()> {
-        let handle = std::thread::Builder::new().name(name).spawn(body)?;
+        let handle = spawn_thread(name, Box::new(body))?;
         self.threads.push(handle);
         Ok(())
     }

@@ -74,7 +74,8 @@ pub(super) struct Conn {
     pub peer_shut_rcv: bool,
     /// The stream ended (or failed): no more data towards the guest.
     pub host_eof: bool,
-    /// The host peer closed its end entirely (not just its write side).
+    /// The host peer closed its end entirely (not just its write side),
+    /// or a write to it failed: guest data for it is dropped from now on.
     pub host_eof_hup: bool,
     /// In the muxer's list of connections with something for the guest.
     pub queued: bool,
@@ -169,9 +170,23 @@ impl Conn {
         if len > room {
             return Err(ConnError::CreditExceeded(len - room));
         }
+        if self.host_eof_hup {
+            // Nobody will read it: count it as passed on so the guest's
+            // credit keeps moving while it reads what is left for it.
+            self.forwarded(len);
+            return Ok(());
+        }
         let mut written = 0;
         if self.pending.is_empty() && !self.peer_shut_send {
-            written = write_guest(&self.stream, mem, regions)?;
+            match write_guest(&self.stream, mem, regions) {
+                Ok(n) => written = n,
+                Err(ConnError::Stream(e)) => {
+                    self.host_gone(&e);
+                    self.forwarded(len);
+                    return Ok(());
+                }
+                Err(e) => return Err(e),
+            }
             self.forwarded(written);
         }
         if written < len {
@@ -198,13 +213,43 @@ impl Conn {
                 }
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-                Err(e) => return Err(ConnError::Stream(e)),
+                Err(e) => {
+                    let n = self.pending.len();
+                    self.host_gone(&e);
+                    self.forwarded(n);
+                    return Ok(());
+                }
             }
         }
-        if self.pending.is_empty() && self.peer_shut_send {
+        if self.pending.is_empty() && self.peer_shut_send && !self.host_eof_hup {
             let _ = self.stream.shutdown(std::net::Shutdown::Write);
         }
         Ok(())
+    }
+
+    /// The host peer can no longer take data (EPIPE, ECONNRESET): drop
+    /// what waits for it, but keep reading what it wrote before it went,
+    /// so the guest gets all of it before the SHUTDOWN (then both ways).
+    fn host_gone(&mut self, e: &io::Error) {
+        log::debug!(
+            "virtio-vsock: port {}: host peer gone: {e}",
+            self.local_port
+        );
+        self.pending.clear();
+        self.hung_up();
+    }
+
+    /// The host peer closed its end entirely (epoll's HUP, or a write
+    /// failed).
+    pub(super) fn hung_up(&mut self) {
+        self.readable = true;
+        if !self.host_eof_hup && self.host_eof {
+            // The end of its stream was read before we knew it had left
+            // entirely, and the guest heard SHUTDOWN(SEND) only: tell it
+            // again, both ways, so it stops sending and closes.
+            self.need |= NEED_SHUTDOWN;
+        }
+        self.host_eof_hup = true;
     }
 
     pub(super) fn pending_len(&self) -> usize {

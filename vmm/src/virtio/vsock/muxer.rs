@@ -159,8 +159,7 @@ impl Muxer {
         }
         if events.intersects(EventSet::HANG_UP | EventSet::ERROR) {
             // The peer is gone entirely: nothing written will be read.
-            conn.readable = true;
-            conn.host_eof_hup = true;
+            conn.hung_up();
         }
         if events.contains(EventSet::OUT) && conn.pending_len() > 0 {
             if let Err(e) = conn.flush() {

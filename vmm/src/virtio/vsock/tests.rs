@@ -361,6 +361,34 @@ fn a_vanishing_host_peer_resets_only_its_own_connection() {
 }
 
 #[test]
+fn a_host_peer_that_writes_and_leaves_is_read_to_the_end_first() {
+    let mut g = Guest::new();
+    let (_l, mut host) = guest_connection(&mut g, 7);
+    let down = pattern(100_000, 3);
+    host.write_all(&down).unwrap();
+    drop(host);
+    // The guest keeps talking to a peer that is gone: its data is
+    // dropped, the connection is not reset under the unread tail.
+    g.send(7, 5000, OP_RW, b"anyone there?");
+    assert_eq!(g.recv_data(down.len()), down);
+    // SHUTDOWN both ways, at once if the device saw the hang-up before
+    // the end of the stream, else after the guest's next write fails.
+    let (h, _) = g.recv_op();
+    assert_eq!(h.op, OP_SHUTDOWN);
+    if h.flags != SHUTDOWN_SEND | SHUTDOWN_RCV {
+        assert_eq!(h.flags, SHUTDOWN_SEND);
+        g.send(7, 5000, OP_RW, b"hello?");
+        let (h, _) = g.recv_op();
+        assert_eq!((h.op, h.flags), (OP_SHUTDOWN, SHUTDOWN_SEND | SHUTDOWN_RCV));
+    }
+    // The guest closes; the device answers RST.
+    let mut h = g.header(7, 5000, OP_SHUTDOWN, 0);
+    h.flags = SHUTDOWN_RCV | SHUTDOWN_SEND;
+    g.send_raw(&h, &[]);
+    assert_eq!(g.recv_op().0.op, OP_RST);
+}
+
+#[test]
 fn hostile_packets_are_answered_or_dropped_never_obeyed() {
     let mut g = Guest::new();
     // From another CID: dropped silently.
