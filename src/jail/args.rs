@@ -116,6 +116,11 @@ pub fn parse(args: impl IntoIterator<Item = String>) -> Result<JailArgs, JailErr
             "--netns" => netns = Some(PathBuf::from(value()?)),
             "--cgroup" => cgroups.push(cgroup_setting(&value()?)?),
             "--chroot-base" => chroot_base = PathBuf::from(value()?),
+            other if !other.starts_with('-') => {
+                return Err(bad(format!(
+                    "jail needs '--' before the VMM's arguments (got '{other}')"
+                )))
+            }
             other => {
                 return Err(bad(format!(
                     "unknown option '{other}' for jail (the VMM's options go after '--')"
@@ -206,6 +211,7 @@ mod tests {
             (with(&["--cgroup", "pids.max="]), "value"),
             (with(&["--chroot-base", "rel", "--", "run"]), "absolute"),
             (with(&["--frob", "--", "run"]), "unknown option"),
+            (with(&["run", "--kernel", "k"]), "needs '--' before"),
             (vec!["--id"], "needs a value"),
         ] {
             let err = parse_str(&args).unwrap_err().to_string();
