@@ -136,10 +136,8 @@ fn kernel_landlock_abi() -> i64 {
 /// SIGTERM to the jailer (which forwards it to the VMM), then what is left.
 fn stop(mut w: Watched) -> support::blk::Killed {
     // SAFETY: kill(2) of the jailer this test spawned and has not reaped.
-    assert_eq!(
-        unsafe { libc::kill(w.pid() as libc::pid_t, libc::SIGTERM) },
-        0
-    );
+    let rc = unsafe { libc::kill(w.pid() as libc::pid_t, libc::SIGTERM) };
+    assert_eq!(rc, 0);
     let start = Instant::now();
     while w.running() && start.elapsed() < Duration::from_secs(10) {
         std::thread::sleep(Duration::from_millis(10));
@@ -790,4 +788,130 @@ fn vm_cgroup_dir_guess(controller: &str) -> Option<PathBuf> {
         (f[0] == "cgroup" && f[2].split(',').any(|o| o == controller))
             .then(|| PathBuf::from(before.split(' ').nth(4).unwrap()))
     })
+}
+
+/// A network namespace made with `ip netns`, deleted when dropped.
+struct NetNs(String);
+
+impl Drop for NetNs {
+    fn drop(&mut self) {
+        let _ = Command::new("ip").args(["netns", "del", &self.0]).status();
+    }
+}
+
+fn ip(args: &[&str]) -> bool {
+    Command::new("ip")
+        .args(args)
+        .status()
+        .is_ok_and(|s| s.success())
+}
+
+#[test]
+fn netns_puts_the_vmm_in_that_network_namespace_with_its_tap() {
+    let name = format!("utsuwa-jail-{}", std::process::id());
+    if !ip(&["netns", "add", &name]) {
+        eprintln!("skipped: 'ip netns add' is not available here");
+        return;
+    }
+    let ns = NetNs(name);
+    let uid = UID.to_string();
+    assert!(ip(&[
+        "-n", &ns.0, "tuntap", "add", "jtap0", "mode", "tap", "user", &uid, "vnet_hdr"
+    ]));
+    let dir = Scratch::new("jail", "netns");
+    let base = dir.path().join("base");
+    let ns_path = format!("/var/run/netns/{}", ns.0);
+    let args = probe_run(
+        "probe.checks=pci",
+        "halt",
+        &["--net".into(), "tap=jtap0".into()],
+    );
+    let mut w = Watched::spawn(jail_cmd(&base, "net", &["--netns", &ns_path], &strs(&args)));
+    assert!(w.wait_for("PROBE-SUMMARY"), "{}", w.kill().dump());
+    let pid = vmm_pid(w.pid());
+    assert!(
+        w.stdout().contains("device=1041"),
+        "no virtio-net device: {}",
+        w.stdout()
+    );
+    assert!(
+        w.stdout().contains("PROBE-SUMMARY pass=1 fail=0"),
+        "{}",
+        w.stdout()
+    );
+    let theirs = std::fs::metadata(format!("/proc/{pid}/ns/net"))
+        .unwrap()
+        .ino();
+    assert_eq!(
+        theirs,
+        std::fs::metadata(&ns_path).unwrap().ino(),
+        "not in {ns_path}"
+    );
+    let tun = std::fs::metadata(format!("/proc/{pid}/root/dev/net/tun")).unwrap();
+    assert_eq!(
+        (tun.rdev(), tun.uid(), tun.mode() & 0o777),
+        (
+            std::fs::metadata("/dev/net/tun").unwrap().rdev(),
+            UID,
+            0o600
+        )
+    );
+    assert!(stop(w).status.success());
+}
+
+#[test]
+fn a_config_file_comes_in_with_its_paths_rewritten_and_files_copied_across_file_systems() {
+    let dir = Scratch::new("jail", "config");
+    // A chroot base on another file system (tmpfs) than the kernel: the
+    // kernel is copied, not linked.
+    let shm = Scratch::new_in(Path::new("/dev/shm"), "jail", "config");
+    let base = shm.path().join("base");
+    let disk = dir.image("ro.img", MIB, Some(3));
+    let doc = serde_json::json!({
+        "boot-source": {
+            "kernel_image_path": probe::probe_elf(),
+            "boot_args": "console=ttyS0 probe.checks=blk probe.blk_ops=verify,ro probe.blk_seed=3 probe.exit=halt",
+        },
+        "machine-config": { "vcpu_count": 1, "mem_size_mib": 64 },
+        "drives": [{ "drive_id": "root", "path_on_host": disk, "is_root_device": false, "is_read_only": true }],
+    });
+    let file = dir.path().join("vm.json");
+    std::fs::write(&file, doc.to_string()).unwrap();
+    let args = [
+        "run",
+        "--config-file",
+        file.to_str().unwrap(),
+        "--api-sock",
+        "/host/only/vm.sock",
+    ];
+    let mut w = Watched::spawn(jail_cmd(&base, "cfg", &[], &args));
+    assert!(w.wait_for("PROBE-SUMMARY"), "{}", w.kill().dump());
+    assert!(
+        w.stdout().contains("PROBE-SUMMARY pass=3 fail=0"),
+        "{}",
+        w.stdout()
+    );
+    let root = root_of(&base, "cfg");
+    let config =
+        utsuwa::api::client::request(&root.join("run/vm.sock"), "GET", "/vm/config", None).unwrap();
+    let config = config.json();
+    assert_eq!(
+        config["boot-source"]["kernel_image_path"], "/kernel",
+        "{config}"
+    );
+    assert_eq!(config["drives"][0]["path_on_host"], "/disk0", "{config}");
+    let copied: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(root.join("vm.json")).unwrap()).unwrap();
+    assert_eq!(copied["drives"][0]["path_on_host"], "/disk0");
+    let (kernel, original) = (
+        std::fs::metadata(root.join("kernel")).unwrap(),
+        std::fs::metadata(probe::probe_elf()).unwrap(),
+    );
+    assert_ne!(kernel.dev(), original.dev());
+    assert_eq!(
+        std::fs::read(root.join("kernel")).unwrap(),
+        std::fs::read(probe::probe_elf()).unwrap()
+    );
+    assert!(stop(w).status.success());
+    assert!(!root.exists());
 }

@@ -102,9 +102,9 @@ fn resolve_with(
                 (parent.join(id), enable, false)
             }
             _ => {
-                let mount = all.iter().find(|m| {
-                    m.fstype == "cgroup" && m.super_options.iter().any(|o| *o == controller)
-                });
+                let mount = all
+                    .iter()
+                    .find(|m| m.fstype == "cgroup" && m.super_options.contains(&controller));
                 let own_v1 =
                     mount.and_then(|_| own_path(&|c: &str| c.split(',').any(|c| c == controller)));
                 match (mount, own_v1) {

@@ -9,7 +9,8 @@
 //!   libraries are linked or copied under their own paths.
 //! - `/kernel`, `/initrd`: hard links when on the same file system and
 //!   readable by the VM's user (nothing to copy; the link shares the
-//!   original's owner and mode), else copies owned by that user, mode 0400.
+//!   original's owner and mode), else read-only copies (owned by that user
+//!   when it could not read the original).
 //! - `/disk<N>`: an empty file here, onto which the child bind-mounts the
 //!   image inside its own mount namespace (see `ns.rs`). Not a copy: an
 //!   image can be large and on another file system, and the guest's
@@ -81,14 +82,17 @@ fn link_or_copy(src: &Path, dest: &Path, uid: u32, gid: u32) -> Result<(), JailE
         mkdir(parent, 0o755)?;
     }
     let meta = std::fs::metadata(src).map_err(io_err(format!("stat {}", src.display())))?;
+    // A copy keeps the original's execute bits (the loader needs them)
+    // and drops any write, set-id or sticky bit.
+    let exec = if meta.mode() & 0o111 != 0 { 0o111 } else { 0 };
     if !readable_by(&meta, uid, gid) {
-        copy(src, dest, 0o400)?;
+        copy(src, dest, 0o400 | (exec & 0o100))?;
         return set_owner(dest, uid, gid);
     }
     match std::fs::hard_link(src, dest) {
         Ok(()) => Ok(()),
         // EXDEV: another file system; EPERM: protected_hardlinks.
-        Err(_) => copy(src, dest, 0o444),
+        Err(_) => copy(src, dest, 0o444 | exec),
     }
 }
 
