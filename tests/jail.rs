@@ -915,3 +915,31 @@ fn a_config_file_comes_in_with_its_paths_rewritten_and_files_copied_across_file_
     assert!(stop(w).status.success());
     assert!(!root.exists());
 }
+
+#[test]
+fn the_vmm_dies_with_its_jailer_and_the_next_jailer_replaces_what_was_left() {
+    let dir = Scratch::new("jail", "orphan");
+    let base = dir.path().join("base");
+    let (w, pid) = halted(&base, "orphan", &[], &[]);
+    let killed = w.kill(); // SIGKILL: the jailer cleans nothing up
+    assert_eq!(killed.status.code(), None, "{}", killed.dump());
+    let start = Instant::now();
+    while Path::new(&format!("/proc/{pid}")).exists() && start.elapsed() < Duration::from_secs(10) {
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    assert!(
+        !Path::new(&format!("/proc/{pid}")).exists(),
+        "the VMM outlived its jailer"
+    );
+    assert!(
+        root_of(&base, "orphan").join("kernel").exists(),
+        "nothing was left to replace"
+    );
+    let args = probe_run("probe.checks=cmdline", "poweroff", &[]);
+    let out = run_with_limit(
+        jail_cmd(&base, "orphan", &[], &strs(&args)),
+        Duration::from_secs(30),
+    );
+    assert!(out.status.success(), "{}", out.dump());
+    assert!(!root_of(&base, "orphan").exists());
+}

@@ -161,7 +161,7 @@ fn child(spec: &ChildSpec, go: libc::c_int) -> JailError {
     if let Err(e) = enter(spec) {
         return e;
     }
-    privs::drop_and_exec(&spec.exec)
+    privs::drop_and_exec(&spec.exec, go)
 }
 
 /// Forks the VMM into new namespaces, waits for it, and returns its exit
@@ -197,16 +197,24 @@ pub fn run_jailed(spec: ChildSpec, cgroups: &Cgroups) -> Result<ExitCode, JailEr
     unsafe { libc::close(go_read) };
     CHILD.store(pid, Ordering::Relaxed);
     forward_signals();
-    let started = cgroups.attach(pid).map(|()| {
+    let started = cgroups.attach(pid);
+    if started.is_ok() {
         // SAFETY: writes one byte from a static to the pipe's write end.
-        unsafe { libc::write(go_write, b"g".as_ptr().cast(), 1) }
-    });
-    // SAFETY: the write end is no longer needed; the child sees EOF if
-    // the byte was not sent.
-    unsafe { libc::close(go_write) };
-    let status = wait(pid)?;
+        unsafe { libc::write(go_write, b"g".as_ptr().cast(), 1) };
+    } else {
+        // SAFETY: closing the write end, which the jailer owns: the child
+        // reads EOF and exits.
+        unsafe { libc::close(go_write) };
+    }
+    let status = wait(pid);
+    if started.is_ok() {
+        // SAFETY: as above. Kept open until now so that the child, once
+        // it has asked for SIGKILL on the jailer's death, can tell that
+        // the jailer was still alive then (see `privs`).
+        unsafe { libc::close(go_write) };
+    }
     started?;
-    Ok(status)
+    status
 }
 
 /// Waits for `pid`; its exit code, or 128 + the signal that killed it.

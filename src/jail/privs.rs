@@ -263,19 +263,37 @@ fn environment(flavour: &str) -> Result<Vec<CString>, JailError> {
 }
 
 /// Drops everything and execs `/utsuwa`; returns only on failure.
-pub fn drop_and_exec(exec: &Exec) -> JailError {
-    match try_exec(exec) {
+/// `jailer` is the read end of a pipe whose write end the jailer holds
+/// until the VMM has ended.
+pub fn drop_and_exec(exec: &Exec, jailer: libc::c_int) -> JailError {
+    match try_exec(exec, jailer) {
         Ok(never) => match never {},
         Err(e) => e,
     }
 }
 
-fn try_exec(exec: &Exec) -> Result<std::convert::Infallible, JailError> {
+/// Whether the pipe's write end (held by the jailer) is closed.
+fn jailer_gone(jailer: libc::c_int) -> bool {
+    let mut pfd = libc::pollfd {
+        fd: jailer,
+        events: libc::POLLIN,
+        revents: 0,
+    };
+    // SAFETY: polls one pollfd that lives across the call, not waiting.
+    let n = unsafe { libc::poll(&mut pfd, 1, 0) };
+    n > 0 && pfd.revents & libc::POLLHUP != 0
+}
+
+fn try_exec(exec: &Exec, jailer: libc::c_int) -> Result<std::convert::Infallible, JailError> {
     drop_privileges(exec.uid, exec.gid)?;
     // After the id change, which clears it.
     // SAFETY: prctl with integer arguments only.
     if unsafe { libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL, 0, 0, 0) } != 0 {
         return Err(os_err("PR_SET_PDEATHSIG"));
+    }
+    // A jailer that died before that would never send the signal.
+    if jailer_gone(jailer) {
+        return Err(JailError::Usage("the jailer has exited".into()));
     }
     // SAFETY: prctl with integer arguments only.
     if unsafe { libc::prctl(libc::PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) } != 0 {
