@@ -5,8 +5,9 @@
 //! planted or bind-mounted into the jail afterwards are out of its reach;
 //! cgroup limits are in place (read back from the VMM's own cgroups);
 //! cgroups, mounts and the root are gone after exit; the same ID twice is
-//! refused, a stale root replaced; the VMM's exit status is the jailer's;
-//! bad input is one line.
+//! refused, a stale root replaced; the VMM dies with a killed jailer; the
+//! VMM's exit status is the jailer's; `--netns` with a TAP; a config file
+//! rewritten into a jail on another file system; bad input is one line.
 //!
 //! Every test keeps its jails under its own temporary `--chroot-base`.
 
@@ -521,13 +522,15 @@ fn cgroup_limits_are_in_place_and_everything_goes_at_exit() {
         .iter()
         .flat_map(|(k, v)| ["--cgroup".into(), format!("{k}={v}")])
         .collect();
+    // Cgroups are host-wide: an ID no other test process uses.
+    let id = format!("limits-{}", std::process::id());
     let (w, pid) = halted(
         &base,
-        "limits",
+        &id,
         &strs(&flags),
         &[format!("--disk=path={}", disk.display())],
     );
-    let groups = vm_cgroups(pid, "limits");
+    let groups = vm_cgroups(pid, &id);
     assert!(!groups.is_empty());
     for (key, value) in &settings {
         let file = groups.iter().map(|g| g.join(key)).find(|f| f.exists());
@@ -561,7 +564,7 @@ fn cgroup_limits_are_in_place_and_everything_goes_at_exit() {
     }
     let host = std::fs::read_to_string("/proc/self/mountinfo").unwrap();
     assert!(!host.contains(&base.display().to_string()), "{host}");
-    assert!(!root_of(&base, "limits").exists());
+    assert!(!root_of(&base, &id).exists());
 }
 
 #[test]
@@ -762,20 +765,21 @@ fn bad_input_is_one_line_and_touches_nothing() {
     }
     // A limit the kernel refuses fails after the root was made: the root
     // and the cgroup go again.
+    let id = format!("bad-{}", std::process::id());
     let out = run_with_limit(
         jail_cmd(
             &base,
-            "x",
+            &id,
             &["--cgroup", "pids.max=lots"],
             &["run", "--kernel", &k],
         ),
         Duration::from_secs(30),
     );
     one_line_error(&out, "--cgroup pids.max=lots");
-    assert!(!root_of(&base, "x").exists());
+    assert!(!root_of(&base, &id).exists());
     let pids = vm_cgroup_dir_guess("pids");
     if let Some(p) = pids {
-        assert!(!p.join("utsuwa/x").exists());
+        assert!(!p.join("utsuwa").join(&id).exists());
     }
 }
 
