@@ -25,6 +25,11 @@ Usage:
                             socket); the VM starts on PUT /actions InstanceStart
   utsuwa ctl --api-sock PATH info|pause|resume|ctrl-alt-del|config|metrics
                             ask a running utsuwa through its API
+  utsuwa jail --id ID --uid U --gid G [--netns PATH] [--cgroup KEY=VALUE]...
+              [--chroot-base DIR] -- run ...|api ...
+                            run the VMM jailed: its own root under DIR (default
+                            /srv/jailer)/utsuwa/ID/root, PID and mount namespaces,
+                            cgroups, uid/gid, no capabilities, Landlock
   utsuwa --version | --help
 
 Options for run:
@@ -54,7 +59,11 @@ pub enum Command {
     Run(RunArgs),
     Api(utsuwa::api::args::ApiArgs),
     Ctl(utsuwa::api::args::CtlArgs),
-    Assets { cache: Option<PathBuf> },
+    /// `utsuwa jail ...`: the arguments after `jail`, parsed by `jail`.
+    Jail(Vec<String>),
+    Assets {
+        cache: Option<PathBuf>,
+    },
     Help,
     Version,
 }
@@ -193,6 +202,7 @@ pub fn parse(args: impl IntoIterator<Item = String>) -> Result<Command, String> 
             utsuwa::api::args::parse_api(all).map(Command::Api)
         }
         Some("ctl") => utsuwa::api::args::parse_ctl(args).map(Command::Ctl),
+        Some("jail") => Ok(Command::Jail(args.collect())),
         Some("assets") => {
             let mut cache = None;
             while let Some(arg) = args.next() {
@@ -204,7 +214,7 @@ pub fn parse(args: impl IntoIterator<Item = String>) -> Result<Command, String> 
             Ok(Command::Assets { cache })
         }
         Some(other) => Err(format!(
-            "unknown command '{other}' (expected run, api, ctl or assets; see utsuwa --help)"
+            "unknown command '{other}' (expected run, api, ctl, jail or assets; see utsuwa --help)"
         )),
     }
 }

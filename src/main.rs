@@ -6,6 +6,7 @@
 
 mod cli;
 mod console;
+mod jail;
 
 use std::os::fd::{AsRawFd, OwnedFd};
 use std::path::PathBuf;
@@ -58,6 +59,7 @@ fn main() -> ExitCode {
         Command::Run(args) => run(args),
         Command::Api(args) => api(args),
         Command::Ctl(args) => ctl(args),
+        Command::Jail(args) => jail::main(args),
     }
 }
 

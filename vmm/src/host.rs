@@ -35,7 +35,15 @@ pub enum KvmFlavour {
 impl KvmFlavour {
     /// Detects the flavour: the `kvm_pvm` module is loaded, or the CPU has
     /// neither vmx nor svm (so whatever serves /dev/kvm is not hardware-backed).
+    /// `UTSUWA_KVM_FLAVOUR=pvm|hardware` says it instead: `utsuwa jail`
+    /// detects it on the host and passes it in, since a jail has neither
+    /// /sys nor /proc.
     pub fn detect() -> Self {
+        match std::env::var("UTSUWA_KVM_FLAVOUR").as_deref() {
+            Ok("pvm") => return KvmFlavour::Pvm,
+            Ok("hardware") => return KvmFlavour::Hardware,
+            _ => {}
+        }
         if Path::new("/sys/module/kvm_pvm").exists() {
             return KvmFlavour::Pvm;
         }
