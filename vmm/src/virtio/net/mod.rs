@@ -25,6 +25,8 @@
 
 mod chain;
 mod device;
+#[cfg(feature = "fuzzing")]
+pub mod fuzzing;
 mod ring;
 mod rx;
 mod tap;
