@@ -18,6 +18,8 @@ pub mod bus;
 pub mod config;
 pub mod cpu;
 pub mod devices;
+#[cfg(feature = "fuzzing")]
+pub mod fuzzing;
 pub mod host;
 pub mod interrupts;
 pub mod layout;

@@ -20,6 +20,8 @@
 
 mod device;
 mod disk;
+#[cfg(feature = "fuzzing")]
+pub mod fuzzing;
 mod io;
 mod request;
 mod uring;

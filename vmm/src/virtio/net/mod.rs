@@ -25,6 +25,8 @@
 //! interface itself, so a TAP the user made (persistent) survives.
 
 mod device;
+#[cfg(feature = "fuzzing")]
+pub mod fuzzing;
 mod rx;
 mod tap;
 mod tx;

@@ -186,8 +186,8 @@ impl Tap {
 
     /// A stand-in for tests: frames go through `fd` (a datagram or
     /// seqpacket socket keeps their boundaries, as a TAP does); offload
-    /// settings are only recorded.
-    #[cfg(test)]
+    /// settings are only recorded. (Also used by the fuzz targets.)
+    #[cfg(any(test, feature = "fuzzing"))]
     pub(crate) fn stand_in(fd: std::os::fd::OwnedFd) -> Tap {
         Tap {
             file: File::from(fd),

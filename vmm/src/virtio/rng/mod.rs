@@ -13,6 +13,8 @@
 //! generate without bound; the worker's one buffer of that size is reused.
 
 mod device;
+#[cfg(feature = "fuzzing")]
+pub mod fuzzing;
 mod request;
 mod worker;
 
