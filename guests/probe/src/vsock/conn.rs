@@ -168,6 +168,8 @@ pub struct Conn {
     /// How it ended: "rst", "shutdown" (by the peer), "" (by us or not yet).
     pub ended_by: &'static str,
     pub note: &'static str,
+    /// The packet the state did not allow: (op, state it came in).
+    pub odd_packet: Option<(u16, State)>,
     pub t_start: u64,
     pub t_open: Option<u64>,
     pub t_end: Option<u64>,
@@ -221,6 +223,7 @@ impl Conn {
             peer_shut: 0,
             ended_by: "",
             note: "",
+            odd_packet: None,
             t_start: 0,
             t_open: None,
             t_end: None,
@@ -455,10 +458,10 @@ impl Conn {
 
     /// A packet for this connection.
     fn handle(&mut self, h: &Hdr, data: &[u8], now: u64) {
-        let (old_alloc, old_fwd) = (self.peer_buf_alloc, self.peer_fwd_cnt);
-        self.peer_buf_alloc = h.buf_alloc;
-        self.peer_fwd_cnt = h.fwd_cnt;
-        if (old_alloc, old_fwd) != (h.buf_alloc, h.fwd_cnt) {
+        // An RST ends the connection: its credit fields mean nothing.
+        if h.op != OP_RST && (self.peer_buf_alloc, self.peer_fwd_cnt) != (h.buf_alloc, h.fwd_cnt) {
+            self.peer_buf_alloc = h.buf_alloc;
+            self.peer_fwd_cnt = h.fwd_cnt;
             self.credit_req_us = None;
         }
         match h.op {
@@ -509,6 +512,7 @@ impl Conn {
             }
             _ => {
                 self.note = "a packet the connection's state does not allow";
+                self.odd_packet = Some((h.op, self.state));
                 self.bad += 1;
                 self.need_rst = true;
                 self.end(State::Failed, now);
@@ -601,6 +605,8 @@ pub struct Table {
     pub stray: u64,
     pub bad_addr: u64,
     pub bad_type: u64,
+    /// The first packet with wrong addresses or type.
+    pub first_odd: Option<Hdr>,
     pub transport_resets: u64,
 }
 
@@ -621,6 +627,7 @@ impl Table {
             stray: 0,
             bad_addr: 0,
             bad_type: 0,
+            first_odd: None,
             transport_resets: 0,
         }
     }
@@ -672,10 +679,12 @@ impl Table {
         let now = crate::time::now_us();
         if h.src_cid != HOST_CID || h.dst_cid != self.cid {
             self.bad_addr += 1;
+            self.first_odd.get_or_insert(*h);
             return;
         }
         if h.kind != TYPE_STREAM {
             self.bad_type += 1;
+            self.first_odd.get_or_insert(*h);
             if h.op != OP_RST {
                 self.queue_rst(h);
             }

@@ -256,6 +256,10 @@ impl Dev {
     /// Descriptors of receive buffer `b` made available again.
     fn post_rx(&mut self, b: u16) {
         let addr = self.rx_mem + u64::from(b) * self.rx_stride;
+        // A stale header must never pass for a new packet (a device that
+        // returns a buffer it did not write then shows as all zeros).
+        // SAFETY: receive buffer `b` in the DMA arena, not available to the device.
+        unsafe { core::ptr::write_bytes(addr as *mut u8, 0, HDR) };
         if self.split {
             let (h, p) = (2 * b, 2 * b + 1);
             self.rx

@@ -149,6 +149,9 @@ fn report_conns(table: &Table, vp: &VsockPlan, why: &mut Msg) {
                 );
             }
         }
+        if let Some((op, st)) = c.odd_packet {
+            let _ = write!(w, "op {op} came in state {}; ", st.name());
+        }
         if c.bad != 0 {
             let _ = write!(w, "{} bad packets, first bad byte at {first_bad}; ", c.bad);
         }
@@ -363,11 +366,11 @@ pub fn check(devices: &mut Devices, plan: &Plan) -> Result<(), Msg> {
             d.t.status()
         );
     }
-    if t.bad_addr + t.bad_type != 0 {
+    if let Some(h) = &t.first_odd {
         let _ = write!(
             why,
-            "{} packets not from CID 2 to our CID, {} not of stream type; ",
-            t.bad_addr, t.bad_type
+            "{} packets not from CID 2 to our CID, {} not of stream type (first: op {} type {} cid {}:{} -> {}:{}); ",
+            t.bad_addr, t.bad_type, h.op, h.kind, h.src_cid, h.src_port, h.dst_cid, h.dst_port
         );
     }
     if t.transport_resets != 0 {
