@@ -3,10 +3,13 @@
 
 use std::path::PathBuf;
 
-use vmm::config::{parse_disk, parse_net, parse_size, VmConfig, DEFAULT_CMDLINE, DEFAULT_MEM_SIZE};
+use vmm::config::{
+    parse_disk, parse_net, parse_size, parse_vsock, VmConfig, DEFAULT_CMDLINE, DEFAULT_MEM_SIZE,
+};
 use vmm::cpu::cpuid::CpuTemplate;
 use vmm::virtio::block::DiskConfig;
 use vmm::virtio::net::NetConfig;
+use vmm::virtio::vsock::VsockConfig;
 
 pub const USAGE: &str = "\
 utsuwa: a small, fast virtual machine monitor for Linux KVM
@@ -36,6 +39,9 @@ Options for run:
   --net tap=NAME[,mac=MAC]  a virtio-net interface on host TAP NAME (created, and
                             removed on exit, if it does not exist); repeat for more
   --rng                     a virtio-rng device fed by the host's getrandom
+  --vsock cid=N,socket=PATH a virtio-vsock device: host programs connect to the Unix
+                            socket PATH and send \"CONNECT <port>\\n\"; guest connections
+                            to CID 2 port P reach a listener on PATH_P
   --log-level LEVEL         error, warn (default), info, debug, trace
   --no-seccomp              no seccomp-bpf system call filters (on by default, also
                             for the API)
@@ -66,6 +72,7 @@ pub struct RunArgs {
     pub disks: Vec<DiskConfig>,
     pub nets: Vec<NetConfig>,
     pub rng: bool,
+    pub vsock: Option<VsockConfig>,
     /// `--no-seccomp`: no system call filters.
     pub no_seccomp: bool,
 }
@@ -86,6 +93,7 @@ impl RunArgs {
             disks: self.disks.clone(),
             nets: self.nets.clone(),
             rng: self.rng,
+            vsock: self.vsock.clone(),
         }
     }
 }
@@ -106,6 +114,7 @@ fn parse_run(mut args: impl Iterator<Item = String>) -> Result<RunArgs, String> 
         disks: Vec::new(),
         nets: Vec::new(),
         rng: false,
+        vsock: None,
         no_seccomp: false,
     };
     while let Some(arg) = args.next() {
@@ -140,6 +149,8 @@ fn parse_run(mut args: impl Iterator<Item = String>) -> Result<RunArgs, String> 
             }
             "--disk" => run.disks.push(parse_disk(&val()?)?),
             "--net" => run.nets.push(parse_net(&val()?)?),
+            "--vsock" if run.vsock.is_some() => return Err("--vsock can be given once".into()),
+            "--vsock" => run.vsock = Some(parse_vsock(&val()?)?),
             "--rng" if inline.is_none() => run.rng = true,
             "--rng" => return Err("--rng takes no value".into()),
             "--no-seccomp" if inline.is_none() => run.no_seccomp = true,

@@ -182,7 +182,7 @@ fn firecracker_shapes_field_by_field() {
     );
     s.put_ok(
         "/vsock",
-        json!({ "guest_cid": 3, "uds_path": "/tmp/v.sock" }),
+        json!({ "guest_cid": 3, "uds_path": "/nonexistent-utsuwa-dir/v.sock" }),
     );
     s.put_ok("/entropy", json!({}));
     let cfg = s.get("/vm/config");
@@ -239,13 +239,14 @@ fn firecracker_shapes_field_by_field() {
     );
     assert_eq!(
         cfg["vsock"],
-        json!({ "guest_cid": 3, "uds_path": "/tmp/v.sock" })
+        json!({ "guest_cid": 3, "uds_path": "/nonexistent-utsuwa-dir/v.sock" })
     );
     assert_eq!(cfg["entropy"], json!({ "rate_limiter": null }));
     for section in ["balloon", "cpu-config", "mmds-config", "logger", "metrics"] {
         assert!(cfg[section].is_null(), "{section}: {cfg}");
     }
-    // Errors: exactly a fault_message; vsock is stored but cannot boot.
+    // Errors: exactly a fault_message; the vsock socket's folder is
+    // missing, which InstanceStart finds before it builds anything.
     let r = s.send(
         "PUT",
         "/actions",
@@ -254,6 +255,7 @@ fn firecracker_shapes_field_by_field() {
     assert_eq!(r.status, 400);
     assert_eq!(keys(&r.json()), ["fault_message"]);
     assert!(fault(&r).contains("vsock"), "{}", r.body);
+    assert!(fault(&r).contains("/nonexistent-utsuwa-dir"), "{}", r.body);
     assert_eq!(s.get("/")["state"], "Not started");
 }
 

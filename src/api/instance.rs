@@ -13,6 +13,7 @@ use vmm::cpu::cpuid::CpuTemplate;
 use vmm::lifecycle::ExitSignal;
 use vmm::virtio::block::DiskConfig;
 use vmm::virtio::net::{MacAddr, NetConfig};
+use vmm::virtio::vsock::VsockConfig;
 use vmm::vm::{ControlError, RunningVm, VmControl};
 
 use super::model::{
@@ -368,12 +369,8 @@ impl Instance {
 
     pub fn put_vsock(&mut self, vsock: Vsock) -> Result<(), ApiError> {
         self.pre_boot("vsock")?;
-        if vsock.guest_cid < 3 {
-            return Err(ApiError::Invalid(format!(
-                "guest_cid must be at least 3, got {}",
-                vsock.guest_cid
-            )));
-        }
+        VsockConfig::check_cid(u64::from(vsock.guest_cid))
+            .map_err(|e| ApiError::Invalid(format!("guest_cid: {e}")))?;
         if vsock.uds_path.is_empty() {
             return Err(ApiError::Invalid("uds_path must not be empty".into()));
         }
@@ -395,11 +392,6 @@ impl Instance {
                 "no boot source: PUT /boot-source before InstanceStart".into(),
             ));
         };
-        if self.vsock.is_some() {
-            return Err(ApiError::Unsupported(
-                "vsock is not implemented in utsuwa yet: the microVM cannot start with a vsock device".into(),
-            ));
-        }
         let mut cfg = VmConfig::new(PathBuf::from(&boot.kernel_image_path));
         cfg.initrd = boot.initrd_path.as_ref().map(PathBuf::from);
         let root = self.drives.iter().find(|d| d.is_root_device);
@@ -420,6 +412,22 @@ impl Instance {
             })
             .collect();
         cfg.rng = self.entropy.is_some();
+        if let Some(v) = &self.vsock {
+            let socket = PathBuf::from(&v.uds_path);
+            // Said here, before any device exists, rather than by bind(2).
+            if let Some(dir) = socket.parent().filter(|d| !d.as_os_str().is_empty()) {
+                if !dir.is_dir() {
+                    return Err(ApiError::Invalid(format!(
+                        "vsock: the folder of uds_path ({}) does not exist",
+                        dir.display()
+                    )));
+                }
+            }
+            cfg.vsock = Some(VsockConfig {
+                cid: v.guest_cid,
+                socket,
+            });
+        }
         Ok(cfg)
     }
 

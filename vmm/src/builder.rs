@@ -34,6 +34,7 @@ use crate::virtio::block::{Block, BlockError};
 use crate::virtio::net::{Net, NetError};
 use crate::virtio::rng::Rng;
 use crate::virtio::transport::{VirtioPci, BAR_SIZE};
+use crate::virtio::vsock::{Vsock, VsockError};
 use crate::virtio::VirtioDevice;
 use crate::vm::{Vm, VmParts};
 use vm_allocator::{AddressAllocator, AllocPolicy};
@@ -74,6 +75,8 @@ pub enum BuildError {
     Disk(#[from] BlockError),
     #[error(transparent)]
     Net(#[from] NetError),
+    #[error(transparent)]
+    Vsock(#[from] VsockError),
     #[error("PCI: {0}")]
     Pci(String),
     #[error("cannot create an interrupt line: {0}")]
@@ -194,6 +197,9 @@ pub fn build(
     }
     if cfg.rng {
         others.push(Box::new(Rng::new()));
+    }
+    if let Some(vsock) = &cfg.vsock {
+        others.push(Box::new(Vsock::new(vsock)?));
     }
     for device in others {
         virtio_devices.push(add_virtio_pci(

@@ -5,6 +5,7 @@ use std::path::PathBuf;
 use crate::cpu::cpuid::CpuTemplate;
 use crate::virtio::block::DiskConfig;
 use crate::virtio::net::{MacAddr, NetConfig};
+use crate::virtio::vsock::VsockConfig;
 
 /// Command line for a Linux guest when the user gives none: the console on
 /// COM1, reboot through the keyboard controller, reboot on panic.
@@ -28,6 +29,8 @@ pub struct VmConfig {
     pub nets: Vec<NetConfig>,
     /// A virtio-rng device, after the network interfaces.
     pub rng: bool,
+    /// A virtio-vsock device, last.
+    pub vsock: Option<VsockConfig>,
 }
 
 impl VmConfig {
@@ -42,6 +45,7 @@ impl VmConfig {
             disks: Vec::new(),
             nets: Vec::new(),
             rng: false,
+            vsock: None,
         }
     }
 }
@@ -156,6 +160,35 @@ pub fn parse_net(text: &str) -> Result<NetConfig, String> {
     Ok(net)
 }
 
+/// Parses a `--vsock` value: `cid=N,socket=PATH`.
+pub fn parse_vsock(text: &str) -> Result<VsockConfig, String> {
+    let (mut cid, mut socket) = (None, None);
+    for part in text.split(',') {
+        let (key, value) = part
+            .split_once('=')
+            .ok_or_else(|| format!("--vsock: expected key=value, got '{part}'"))?;
+        match key {
+            "cid" => {
+                let n: u64 = value
+                    .parse()
+                    .map_err(|_| format!("--vsock: cid must be a number, got '{value}'"))?;
+                cid = Some(VsockConfig::check_cid(n).map_err(|e| format!("--vsock: {e}"))?);
+            }
+            "socket" if !value.is_empty() => socket = Some(PathBuf::from(value)),
+            "socket" => return Err("--vsock: socket must not be empty".into()),
+            _ => {
+                return Err(format!(
+                    "--vsock: unknown key '{key}' (expected cid, socket)"
+                ))
+            }
+        }
+    }
+    match (cid, socket) {
+        (Some(cid), Some(socket)) => Ok(VsockConfig { cid, socket }),
+        _ => Err("--vsock: both cid=N and socket=PATH are required".into()),
+    }
+}
+
 fn on_off(value: &str) -> Option<bool> {
     match value {
         "on" | "true" | "yes" => Some(true),
@@ -191,6 +224,25 @@ mod tests {
 
     #[test]
     fn nets_parse() {
+        let v = parse_vsock("cid=3,socket=/tmp/v.sock").unwrap();
+        assert_eq!((v.cid, v.socket), (3, PathBuf::from("/tmp/v.sock")));
+        assert_eq!(
+            parse_vsock("socket=s,cid=4294967294").unwrap().cid,
+            u32::MAX - 1
+        );
+        for bad in [
+            "",
+            "cid=3",
+            "socket=/tmp/x",
+            "cid=0,socket=s",
+            "cid=2,socket=s",
+            "cid=4294967295,socket=s",
+            "cid=-3,socket=s",
+            "cid=3,socket=",
+            "cid=3,socket=s,port=1",
+        ] {
+            assert!(parse_vsock(bad).is_err(), "{bad}");
+        }
         let n = parse_net("tap=tap0,mac=52:54:00:AB:cd:01").unwrap();
         assert_eq!(n.tap, "tap0");
         assert_eq!(n.mac, Some(MacAddr([0x52, 0x54, 0, 0xab, 0xcd, 1])));

@@ -220,6 +220,33 @@ pub fn rules(kind: ThreadKind) -> Result<BTreeMap<i64, Vec<SeccompRule>>, String
                 libc::SYS_epoll_ctl,
             ],
         ),
+        ThreadKind::Vsock => {
+            // Its own epoll set, the host streams (accept, read the
+            // CONNECT line with MSG_PEEK, splice with readv/writev, shut
+            // down), connecting to PATH_<port>: Unix sockets only.
+            plain(
+                &mut r,
+                &[
+                    libc::SYS_read,
+                    libc::SYS_readv,
+                    libc::SYS_writev,
+                    libc::SYS_recvfrom,
+                    libc::SYS_accept4,
+                    libc::SYS_connect,
+                    libc::SYS_shutdown,
+                    libc::SYS_epoll_wait,
+                    libc::SYS_epoll_pwait,
+                    libc::SYS_epoll_ctl,
+                    libc::SYS_unlink,
+                ],
+            );
+            r.push((
+                libc::SYS_socket,
+                vec![rule(vec![cond(0, Op::Eq, libc::AF_UNIX as u64)?])?],
+            ));
+            // FIONBIO: accepted streams are made non-blocking.
+            add_ioctls(&mut r, &[libc::FIONBIO])?;
+        }
         ThreadKind::Console => plain(
             &mut r,
             &[

@@ -34,6 +34,8 @@ pub enum ThreadKind {
     Net,
     /// The virtio-rng worker.
     Rng,
+    /// The virtio-vsock worker (started with the device, not by a vCPU).
+    Vsock,
     /// The console input thread.
     Console,
     /// The API server thread (the main thread in API mode) once the VM is
@@ -42,12 +44,13 @@ pub enum ThreadKind {
 }
 
 impl ThreadKind {
-    pub const ALL: [ThreadKind; 7] = [
+    pub const ALL: [ThreadKind; 8] = [
         ThreadKind::Main,
         ThreadKind::Vcpu,
         ThreadKind::Block,
         ThreadKind::Net,
         ThreadKind::Rng,
+        ThreadKind::Vsock,
         ThreadKind::Console,
         ThreadKind::Api,
     ];
@@ -60,6 +63,7 @@ impl ThreadKind {
             ThreadKind::Block => "blk",
             ThreadKind::Net => "net",
             ThreadKind::Rng => "rng",
+            ThreadKind::Vsock => "vsock",
             ThreadKind::Console => "console",
             ThreadKind::Api => "api",
         }
@@ -83,7 +87,8 @@ struct Config {
 }
 
 static CONFIG: OnceLock<Config> = OnceLock::new();
-static FILTERS: [OnceLock<Result<BpfProgram, String>>; 7] = [const { OnceLock::new() }; 7];
+static FILTERS: [OnceLock<Result<BpfProgram, String>>; ThreadKind::ALL.len()] =
+    [const { OnceLock::new() }; ThreadKind::ALL.len()];
 static NO_CLONE3: OnceLock<Result<BpfProgram, String>> = OnceLock::new();
 
 /// Whether filters are in force for this process.
@@ -129,7 +134,7 @@ pub fn configure(want: bool) -> Option<String> {
         let cpus = std::thread::available_parallelism().map_or(1, |n| n.get());
         // SAFETY: mallopt only sets a malloc parameter.
         unsafe { libc::mallopt(libc::M_ARENA_MAX, (8 * cpus) as libc::c_int) };
-        // All seven compile in about 0.1 ms: do it before any thread starts.
+        // All of them compile in about 0.1 ms: do it before any thread starts.
         for kind in ThreadKind::ALL {
             if let Err(e) = program(kind) {
                 warning = Some(format!("{e}: running without system call filters"));

@@ -5,9 +5,12 @@
 //! its I/O and its event loop side by side.
 
 pub mod block;
+pub(crate) mod chain;
 pub mod net;
+pub(crate) mod ring;
 pub mod rng;
 pub mod transport;
+pub mod vsock;
 pub mod workers;
 
 use std::sync::Arc;
@@ -98,4 +101,9 @@ pub trait VirtioDevice: Send {
     /// The driver reset the device: stop every worker and forget the
     /// queues, so the device can be activated again.
     fn reset(&mut self);
+    /// The VM is going away: stop everything, including what runs
+    /// without a driver (a listening socket). Reset by default.
+    fn shutdown(&mut self) {
+        self.reset();
+    }
 }

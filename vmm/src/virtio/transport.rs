@@ -261,10 +261,8 @@ impl VirtioPci {
 
     /// Stops the device's workers: the VM is going away.
     pub fn shutdown(&mut self) {
-        if self.activated {
-            self.device.reset();
-            self.activated = false;
-        }
+        self.activated = false;
+        self.device.shutdown();
     }
 
     /// Where BAR 0 is now.

@@ -9,13 +9,13 @@ use std::sync::Arc;
 
 use virtio_queue::QueueT;
 
-use super::ring::Ring;
 use super::rx::Rx;
 use super::tap::Offloads;
 use super::tx::{HostOffloads, Tx};
 use super::worker::{self, Io, Wakers, Worker};
 use super::*;
 use crate::memory::GuestMemoryMmap;
+use crate::virtio::ring::Ring;
 use crate::virtio::{
     ActivateError, ActiveQueue, VirtioDevice, VirtioInterrupt, VIRTIO_F_VERSION_1, VIRTIO_ID_NET,
     VIRTIO_RING_F_EVENT_IDX,

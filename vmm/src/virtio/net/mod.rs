@@ -5,10 +5,11 @@
 //!   └─ one worker thread (worker.rs): epoll on the TAP, both doorbells, stop
 //!        ├─ tx.rs     TX chains → one writev of header + frame into the TAP
 //!        ├─ rx.rs     TAP frames → RX chains (mergeable buffers or not)
-//!        ├─ chain.rs  descriptor chain → checked guest regions (hostile input)
-//!        ├─ ring.rs   used ring in batches, interrupt suppression
 //!        └─ tap.rs    /dev/net/tun: TUNSETIFF, vnet header size, offloads
 //! ```
+//!
+//! Chains are checked by `virtio::chain` and returned in batches by
+//! `virtio::ring`, both shared with vsock.
 //!
 //! Queues: receiveq1 is queue 0, transmitq1 queue 1; no control queue and
 //! no multiqueue (VIRTIO_NET_F_MQ would need an IFF_MULTI_QUEUE TAP with
@@ -23,9 +24,7 @@
 //! kernel removes it when utsuwa closes the fd. utsuwa never deletes an
 //! interface itself, so a TAP the user made (persistent) survives.
 
-mod chain;
 mod device;
-mod ring;
 mod rx;
 mod tap;
 mod tx;

@@ -6,7 +6,7 @@
 //! then placed: without VIRTIO_NET_F_MRG_RXBUF in a single chain, which
 //! must hold header and frame; with it across as many chains as needed,
 //! `num_buffers` in the first header saying how many, all published at
-//! once (see `ring.rs`).
+//! once (see `virtio::ring`).
 //!
 //! When the buffers run out mid-frame, every chain taken for it goes back
 //! to the available ring (the next-available index is rewound), the frame
@@ -27,11 +27,11 @@ use std::io::ErrorKind;
 
 use virtio_queue::QueueT;
 
-use super::chain::{self, Dir, Region};
-use super::ring::Ring;
 use super::tap::Offloads;
 use super::worker::Io;
 use super::*;
+use crate::virtio::chain::{self, Dir, Region};
+use crate::virtio::ring::Ring;
 
 /// Most frames (or attempts) per call of [`Rx::process`], so that the
 /// worker gets back to its other events.

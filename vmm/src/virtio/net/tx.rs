@@ -10,10 +10,10 @@
 //! did not negotiate. Frames the kernel refuses are counted as dropped.
 //! Every chain's used length is 0: the device writes nothing into it.
 
-use super::chain::{self, Dir};
-use super::ring::Ring;
 use super::worker::Io;
 use super::*;
+use crate::virtio::chain::{self, Dir};
+use crate::virtio::ring::Ring;
 
 /// Most chains per call of [`Tx::process`]: a guest that keeps the queue
 /// full cannot keep the worker from its other events.

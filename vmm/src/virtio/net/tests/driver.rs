@@ -156,6 +156,11 @@ impl Driver {
         self.mem.read_obj(self.used).expect("used flags")
     }
 
+    /// How many chains were made available so far (mod 2^16).
+    pub fn avail_idx(&self) -> u16 {
+        self.avail_idx
+    }
+
     pub fn used_idx(&self) -> u16 {
         self.mem
             .read_obj(self.used.unchecked_add(2))

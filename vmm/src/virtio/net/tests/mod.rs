@@ -24,12 +24,12 @@ use virtio_queue::QueueT;
 use vm_memory::GuestAddress;
 
 use self::driver::{guest_memory, Driver};
-use super::ring::Ring;
 use super::rx::{Rx, RxState};
 use super::tap::Offloads;
 use super::tx::{HostOffloads, Tx};
 use super::worker::{Io, Worker};
 use super::*;
+use crate::virtio::ring::Ring;
 use crate::virtio::{VirtioInterrupt, VIRTIO_RING_F_EVENT_IDX};
 
 /// Guest memory of every rig: rings at 0 (RX) and 16 KiB (TX), RX

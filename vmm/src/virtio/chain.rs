@@ -1,4 +1,4 @@
-//! A descriptor chain as the network device takes it, treating everything
+//! A descriptor chain as a device takes it (net, vsock), treating everything
 //! in it as hostile: every buffer must point the way the queue needs
 //! (device-readable on transmitq, device-writable on receiveq) and lie
 //! inside guest memory, the chain must end, and it may hold only so many
@@ -18,18 +18,18 @@ use vm_memory::{Address, Bytes, GuestAddress, GuestMemoryBackend};
 use crate::memory::GuestMemoryMmap;
 
 /// Most buffers in one chain: what one `writev` takes.
-pub(super) const MAX_BUFFERS: usize = libc::UIO_MAXIOV as usize;
+pub(crate) const MAX_BUFFERS: usize = libc::UIO_MAXIOV as usize;
 
 /// One guest buffer, checked to lie inside guest memory.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub(super) struct Region {
+pub(crate) struct Region {
     pub addr: GuestAddress,
     pub len: u32,
 }
 
 /// Which way a queue's buffers must point, from the device's side.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub(super) enum Dir {
+pub(crate) enum Dir {
     /// transmitq: the device reads them.
     Readable,
     /// receiveq: the device writes them.
@@ -38,7 +38,7 @@ pub(super) enum Dir {
 
 /// A chain that passed every check.
 #[derive(Clone, Debug, PartialEq, Eq)]
-pub(super) struct Buffers {
+pub(crate) struct Buffers {
     pub head: u16,
     pub regions: Vec<Region>,
     /// Total bytes of `regions`.
@@ -47,7 +47,7 @@ pub(super) struct Buffers {
 
 /// Why a chain was refused.
 #[derive(Clone, Copy, Debug, thiserror::Error, PartialEq, Eq)]
-pub(super) enum ChainError {
+pub(crate) enum ChainError {
     #[error("descriptor chain is empty, loops or is unreadable")]
     Broken,
     #[error("a buffer points the wrong way for this queue")]
@@ -62,7 +62,7 @@ pub(super) enum ChainError {
 
 /// Checks and collects the buffers of `chain`; at most `max_len` bytes
 /// (more is an error). On error, the head to return the chain with.
-pub(super) fn collect<M>(
+pub(crate) fn collect<M>(
     chain: DescriptorChain<M>,
     mem: &GuestMemoryMmap,
     dir: Dir,
@@ -108,7 +108,7 @@ where
 
 /// Reads `buf.len()` bytes at byte `skip` of the concatenation of
 /// `regions`. False when they are too short or memory refused.
-pub(super) fn read_stream(
+pub(crate) fn read_stream(
     mem: &GuestMemoryMmap,
     regions: &[Region],
     skip: u64,
@@ -141,7 +141,7 @@ pub(super) fn read_stream(
 
 /// Writes as much of `data` as fits at byte `skip` of `regions`; returns
 /// how much that was, or None if memory refused.
-pub(super) fn write_stream(
+pub(crate) fn write_stream(
     mem: &GuestMemoryMmap,
     regions: &[Region],
     skip: u64,
@@ -171,7 +171,7 @@ pub(super) fn write_stream(
 /// backed by guest memory or there would be more than `MAX_BUFFERS`.
 /// The pointers stay valid as long as `mem`'s mappings, i.e. as long as
 /// the caller holds `mem` (a plain, non-Xen mmap).
-pub(super) fn iovecs(mem: &GuestMemoryMmap, regions: &[Region]) -> Option<Vec<libc::iovec>> {
+pub(crate) fn iovecs(mem: &GuestMemoryMmap, regions: &[Region]) -> Option<Vec<libc::iovec>> {
     let mut iov = Vec::with_capacity(regions.len());
     for r in regions {
         for slice in GuestMemoryBackend::get_slices(mem, r.addr, r.len as usize) {
@@ -186,4 +186,34 @@ pub(super) fn iovecs(mem: &GuestMemoryMmap, regions: &[Region]) -> Option<Vec<li
         }
     }
     Some(iov)
+}
+
+/// The part of `regions` from byte `skip`, at most `len` bytes long.
+pub(crate) fn sub_regions(regions: &[Region], skip: u64, len: u64) -> Vec<Region> {
+    let mut out = Vec::new();
+    let (mut skip, mut left) = (skip, len);
+    for r in regions {
+        if left == 0 {
+            break;
+        }
+        let rlen = u64::from(r.len);
+        if skip >= rlen {
+            skip -= rlen;
+            continue;
+        }
+        // `take <= rlen - skip <= u32::MAX`.
+        let take = (rlen - skip).min(left);
+        out.push(Region {
+            addr: r.addr.unchecked_add(skip),
+            len: take as u32,
+        });
+        left -= take;
+        skip = 0;
+    }
+    out
+}
+
+/// The first `len` bytes of `regions`.
+pub(crate) fn prefix(regions: &[Region], len: u64) -> Vec<Region> {
+    sub_regions(regions, 0, len)
 }

@@ -1,4 +1,4 @@
-//! One queue of the network device, with the used side done in batches.
+//! One queue with the used side done in batches (net and vsock use it).
 //!
 //! virtio-queue's `add_used` publishes every element on its own (it
 //! stores the used index each time). A frame spread over several
@@ -26,7 +26,7 @@ use crate::virtio::VirtioInterrupt;
 const AVAIL_F_NO_INTERRUPT: u16 = 1;
 
 /// A queue and its completions not yet published.
-pub(super) struct Ring {
+pub(crate) struct Ring {
     pub queue: Queue,
     pub index: u16,
     /// (head, used length), in completion order.
@@ -36,7 +36,7 @@ pub(super) struct Ring {
 }
 
 impl Ring {
-    pub(super) fn new(index: u16, queue: Queue) -> Ring {
+    pub(crate) fn new(index: u16, queue: Queue) -> Ring {
         let signalled = Wrapping(queue.next_used());
         Ring {
             done: Vec::with_capacity(usize::from(queue.size())),
@@ -47,7 +47,7 @@ impl Ring {
     }
 
     /// The next available chain, if any.
-    pub(super) fn pop<'m>(
+    pub(crate) fn pop<'m>(
         &mut self,
         mem: &'m GuestMemoryMmap,
     ) -> Option<DescriptorChain<&'m GuestMemoryMmap>> {
@@ -55,7 +55,7 @@ impl Ring {
     }
 
     /// True when the driver made chains available that were not popped.
-    pub(super) fn has_available(&self, mem: &GuestMemoryMmap) -> bool {
+    pub(crate) fn has_available(&self, mem: &GuestMemoryMmap) -> bool {
         match self.queue.avail_idx(mem, Ordering::Acquire) {
             Ok(idx) => idx.0 != self.queue.next_avail(),
             Err(_) => false,
@@ -63,11 +63,11 @@ impl Ring {
     }
 
     /// Queues the completion of chain `head` with `len` bytes written.
-    pub(super) fn add_used(&mut self, head: u16, len: u32) {
+    pub(crate) fn add_used(&mut self, head: u16, len: u32) {
         if head >= self.queue.size() {
             // Not a descriptor index: nothing can be returned.
             log::debug!(
-                "virtio-net: queue {}: chain head {head} is out of range",
+                "virtio: queue {}: chain head {head} is out of range",
                 self.index
             );
             return;
@@ -85,7 +85,7 @@ impl Ring {
 
     /// Writes the queued elements into the used ring, then moves the used
     /// index past all of them at once.
-    pub(super) fn publish(&mut self, mem: &GuestMemoryMmap) {
+    pub(crate) fn publish(&mut self, mem: &GuestMemoryMmap) {
         if self.done.is_empty() {
             return;
         }
@@ -101,10 +101,7 @@ impl Ring {
                 .used_addr(4 + 8 * slot)
                 .is_some_and(|at| mem.write_slice(&elem, at).is_ok());
             if !written {
-                log::debug!(
-                    "virtio-net: queue {}: used ring is not writable",
-                    self.index
-                );
+                log::debug!("virtio: queue {}: used ring is not writable", self.index);
                 break;
             }
             next += Wrapping(1);
@@ -121,7 +118,7 @@ impl Ring {
     }
 
     /// Publishes, then interrupts the driver if it asked to know.
-    pub(super) fn complete(&mut self, mem: &GuestMemoryMmap, interrupt: &dyn VirtioInterrupt) {
+    pub(crate) fn complete(&mut self, mem: &GuestMemoryMmap, interrupt: &dyn VirtioInterrupt) {
         self.publish(mem);
         if self.needs_interrupt(mem) {
             interrupt.trigger_queue(self.index);
@@ -156,19 +153,19 @@ impl Ring {
 
     /// Asks the driver not to notify the queue (a hint; with EVENT_IDX it
     /// only stops notifications the device did not ask for again).
-    pub(super) fn disable_notification(&mut self, mem: &GuestMemoryMmap) {
+    pub(crate) fn disable_notification(&mut self, mem: &GuestMemoryMmap) {
         if let Err(e) = self.queue.disable_notification(mem) {
-            log::debug!("virtio-net: queue {}: {e}", self.index);
+            log::debug!("virtio: queue {}: {e}", self.index);
         }
     }
 
     /// Asks for a notification when the driver makes the next chain
     /// available; true if it did so meanwhile (chains are there to pop).
-    pub(super) fn enable_notification(&mut self, mem: &GuestMemoryMmap) -> bool {
+    pub(crate) fn enable_notification(&mut self, mem: &GuestMemoryMmap) -> bool {
         match self.queue.enable_notification(mem) {
             Ok(more) => more,
             Err(e) => {
-                log::debug!("virtio-net: queue {}: {e}", self.index);
+                log::debug!("virtio: queue {}: {e}", self.index);
                 false
             }
         }
@@ -177,7 +174,7 @@ impl Ring {
     /// Asks for a notification when the driver adds chains beyond those
     /// available now (which were not enough: the device put them back).
     /// True if it already did.
-    pub(super) fn notify_after_current(&mut self, mem: &GuestMemoryMmap) -> bool {
+    pub(crate) fn notify_after_current(&mut self, mem: &GuestMemoryMmap) -> bool {
         let Ok(seen) = self.queue.avail_idx(mem, Ordering::Acquire) else {
             return false;
         };
@@ -186,7 +183,7 @@ impl Ring {
             let at = self.used_addr(4 + 8 * u64::from(self.queue.size()));
             if let Some(at) = at {
                 if let Err(e) = mem.store(seen.0.to_le(), at, Ordering::Relaxed) {
-                    log::debug!("virtio-net: queue {}: avail_event: {e}", self.index);
+                    log::debug!("virtio: queue {}: avail_event: {e}", self.index);
                 }
             }
         } else {
