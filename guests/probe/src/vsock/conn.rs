@@ -141,10 +141,10 @@ pub struct Conn {
     pub peer_buf_alloc: u32,
     peer_fwd_cnt: u32,
     tx_cnt: u32,
-    need_request: bool,
+    pub(super) need_request: bool,
     need_response: bool,
     need_update: bool,
-    need_rst: bool,
+    pub(super) need_rst: bool,
     need_shutdown: bool,
     credit_req_us: Option<u64>,
     /// Connect/Bench: bytes of the outgoing and the expected incoming stream.
@@ -177,7 +177,7 @@ pub struct Conn {
     pub t_ack: Option<u64>,
     /// Connect/Bench: when the last expected byte arrived.
     pub t_in_done: Option<u64>,
-    deadline: u64,
+    pub(super) deadline: u64,
     pub credit_requests_tx: u64,
     pub credit_requests_rx: u64,
     pub credit_updates_tx: u64,
@@ -186,7 +186,7 @@ pub struct Conn {
 }
 
 impl Conn {
-    fn new() -> Conn {
+    pub(super) fn new() -> Conn {
         Conn {
             role: Role::Connect,
             index: 0,
@@ -238,6 +238,61 @@ impl Conn {
         }
     }
 
+    /// Connection `index` to the host's `port` from our `local` port:
+    /// Connect (`bytes` of pattern) or Bench (`bytes` each way).
+    pub(super) fn connecting(
+        index: usize,
+        role: Role,
+        local: u32,
+        port: u32,
+        bytes: u64,
+        buf_alloc: u32,
+    ) -> Conn {
+        let now = crate::time::now_us();
+        let mut c = Conn::new();
+        c.role = role;
+        c.index = index;
+        c.state = State::Connecting;
+        c.local_port = local;
+        c.peer_port = port;
+        c.buf_alloc = buf_alloc;
+        c.need_request = true;
+        c.t_start = now;
+        c.deadline = now + HANDSHAKE_US;
+        c.out_total = PREAMBLE + bytes;
+        match role {
+            Role::Bench => {
+                c.bench = (bytes, bytes);
+                c.in_total = 8 + bytes;
+            }
+            _ => {
+                c.seed = echo_seed(index);
+                c.in_total = c.out_total;
+            }
+        }
+        c
+    }
+
+    /// The connection the host's REQUEST `h` opens in slot `index`, echoing
+    /// through the `buf_alloc` bytes at `ring`; RESPONSE owed.
+    pub(super) fn accepted(index: usize, h: &Hdr, buf_alloc: u32, ring: u64, now: u64) -> Conn {
+        let mut c = Conn::new();
+        c.role = Role::Accept;
+        c.index = index;
+        c.state = State::Open;
+        c.local_port = h.dst_port;
+        c.peer_port = h.src_port;
+        c.buf_alloc = buf_alloc;
+        c.peer_buf_alloc = h.buf_alloc;
+        c.peer_fwd_cnt = h.fwd_cnt;
+        c.need_response = true;
+        c.t_start = now;
+        c.t_open = Some(now);
+        c.ring = ring;
+        c.ring_len = u64::from(buf_alloc);
+        c
+    }
+
     /// Both streams complete (Connect, Bench).
     pub fn complete(&self) -> bool {
         self.role != Role::Accept
@@ -245,7 +300,7 @@ impl Conn {
             && self.rx_bytes == self.in_total
     }
 
-    fn end(&mut self, state: State, now: u64) {
+    pub(super) fn end(&mut self, state: State, now: u64) {
         self.state = state;
         self.t_end = Some(now);
     }
@@ -351,7 +406,7 @@ impl Conn {
 
     /// Send this connection's next packet, if it has one and a slot is
     /// free; true if it sent.
-    fn pump(&mut self, cid: u64, dev: &mut Dev, now: u64) -> bool {
+    pub(super) fn pump(&mut self, cid: u64, dev: &mut Dev, now: u64) -> bool {
         let ctl = if self.need_rst {
             self.need_rst = false;
             Some((OP_RST, 0))
@@ -457,7 +512,7 @@ impl Conn {
     }
 
     /// A packet for this connection.
-    fn handle(&mut self, h: &Hdr, data: &[u8], now: u64) {
+    pub(super) fn handle(&mut self, h: &Hdr, data: &[u8], now: u64) {
         // An RST ends the connection: its credit fields mean nothing.
         if h.op != OP_RST && (self.peer_buf_alloc, self.peer_fwd_cnt) != (h.buf_alloc, h.fwd_cnt) {
             self.peer_buf_alloc = h.buf_alloc;
@@ -583,244 +638,5 @@ fn ring_copy_out(ring: u64, len: u64, at: u64, out: &mut [u8]) {
         let src = unsafe { core::slice::from_raw_parts((ring + off) as *const u8, k) };
         out[done..done + k].copy_from_slice(src);
         done += k;
-    }
-}
-
-/// Every connection, and what arrived for none of them.
-pub struct Table {
-    pub conns: [Conn; MAX_CONNS],
-    pub cid: u64,
-    buf_alloc: u32,
-    /// Echo rings of accepted connections (slot i: `rings + i * buf_alloc`).
-    rings: u64,
-    ring_slots: usize,
-    /// Accept REQUESTs to this port, this many more.
-    pub listen: Option<u32>,
-    pub accept_left: u64,
-    pub accepted: u64,
-    pub refused: u64,
-    /// RSTs owed to packets of no connection: (our port, their port).
-    rst_queue: [(u32, u32); 8],
-    nrst: usize,
-    pub stray: u64,
-    pub bad_addr: u64,
-    pub bad_type: u64,
-    /// The first packet with wrong addresses or type.
-    pub first_odd: Option<Hdr>,
-    pub transport_resets: u64,
-}
-
-impl Table {
-    pub fn new(cid: u64, buf_alloc: u32, rings: u64, ring_slots: usize) -> Table {
-        Table {
-            conns: core::array::from_fn(|_| Conn::new()),
-            cid,
-            buf_alloc,
-            rings,
-            ring_slots,
-            listen: None,
-            accept_left: 0,
-            accepted: 0,
-            refused: 0,
-            rst_queue: [(0, 0); 8],
-            nrst: 0,
-            stray: 0,
-            bad_addr: 0,
-            bad_type: 0,
-            first_odd: None,
-            transport_resets: 0,
-        }
-    }
-
-    /// Forget every connection (between phases).
-    pub fn clear(&mut self) {
-        for c in &mut self.conns {
-            *c = Conn::new();
-        }
-    }
-
-    /// Open connection `index` to the host's `port` from our `local` port:
-    /// Connect (`bytes` of pattern) or Bench (`bytes` each way).
-    pub fn connect(&mut self, index: usize, role: Role, local: u32, port: u32, bytes: u64) {
-        let now = crate::time::now_us();
-        let c = &mut self.conns[index];
-        *c = Conn::new();
-        c.role = role;
-        c.index = index;
-        c.state = State::Connecting;
-        c.local_port = local;
-        c.peer_port = port;
-        c.buf_alloc = self.buf_alloc;
-        c.need_request = true;
-        c.t_start = now;
-        c.deadline = now + HANDSHAKE_US;
-        c.out_total = PREAMBLE + bytes;
-        match role {
-            Role::Bench => {
-                c.bench = (bytes, bytes);
-                c.in_total = 8 + bytes;
-            }
-            _ => {
-                c.seed = echo_seed(index);
-                c.in_total = c.out_total;
-            }
-        }
-    }
-
-    fn queue_rst(&mut self, h: &Hdr) {
-        if self.nrst < self.rst_queue.len() {
-            self.rst_queue[self.nrst] = (h.dst_port, h.src_port);
-            self.nrst += 1;
-        }
-    }
-
-    /// A received packet.
-    pub fn handle(&mut self, h: &Hdr, data: &[u8]) {
-        let now = crate::time::now_us();
-        if h.src_cid != HOST_CID || h.dst_cid != self.cid {
-            self.bad_addr += 1;
-            self.first_odd.get_or_insert(*h);
-            return;
-        }
-        if h.kind != TYPE_STREAM {
-            self.bad_type += 1;
-            self.first_odd.get_or_insert(*h);
-            if h.op != OP_RST {
-                self.queue_rst(h);
-            }
-            return;
-        }
-        if let Some(c) = self.conns.iter_mut().find(|c| {
-            c.state != State::Free
-                && !c.state.done()
-                && c.local_port == h.dst_port
-                && c.peer_port == h.src_port
-        }) {
-            c.handle(h, data, now);
-            return;
-        }
-        match h.op {
-            OP_REQUEST => {
-                let slot = self
-                    .conns
-                    .iter()
-                    .take(self.ring_slots)
-                    .position(|c| c.state == State::Free);
-                match (self.listen, slot) {
-                    (Some(p), Some(i)) if p == h.dst_port && self.accept_left > 0 => {
-                        self.accept_left -= 1;
-                        self.accepted += 1;
-                        let c = &mut self.conns[i];
-                        *c = Conn::new();
-                        c.role = Role::Accept;
-                        c.index = i;
-                        c.state = State::Open;
-                        c.local_port = h.dst_port;
-                        c.peer_port = h.src_port;
-                        c.buf_alloc = self.buf_alloc;
-                        c.peer_buf_alloc = h.buf_alloc;
-                        c.peer_fwd_cnt = h.fwd_cnt;
-                        c.need_response = true;
-                        c.t_start = now;
-                        c.t_open = Some(now);
-                        c.ring = self.rings + i as u64 * u64::from(self.buf_alloc);
-                        c.ring_len = u64::from(self.buf_alloc);
-                    }
-                    _ => {
-                        self.refused += 1;
-                        self.queue_rst(h);
-                    }
-                }
-            }
-            OP_RST => self.stray += 1,
-            _ => {
-                self.stray += 1;
-                self.queue_rst(h);
-            }
-        }
-    }
-
-    /// The device reset its transport (event): every live connection is gone.
-    pub fn transport_reset(&mut self, cid: u64) {
-        let now = crate::time::now_us();
-        self.transport_resets += 1;
-        self.cid = cid;
-        for c in self.conns.iter_mut().filter(|c| c.state != State::Free) {
-            if !c.state.done() {
-                c.note = "transport reset event";
-                c.end(State::Reset, now);
-            }
-            c.need_rst = false;
-        }
-        self.nrst = 0;
-    }
-
-    /// Handshake deadlines.
-    pub fn timers(&mut self) {
-        let now = crate::time::now_us();
-        for c in &mut self.conns {
-            match c.state {
-                State::Connecting if now > c.deadline && !c.need_request => {
-                    c.note = "no RESPONSE within 5 s of the REQUEST";
-                    c.need_rst = true;
-                    c.end(State::Failed, now);
-                }
-                State::Closing if now > c.deadline => {
-                    c.note = "no RST within 5 s of our SHUTDOWN";
-                    c.end(State::Failed, now);
-                }
-                _ => {}
-            }
-        }
-    }
-
-    /// Send what is owed, round-robin (one packet per connection per
-    /// round, so streams interleave) until nothing is left or no slot is
-    /// free; true if anything was sent.
-    pub fn pump(&mut self, dev: &mut Dev) -> bool {
-        let now = crate::time::now_us();
-        let mut any = false;
-        while self.nrst > 0 {
-            let (src, dst) = self.rst_queue[self.nrst - 1];
-            let h = Hdr {
-                src_cid: self.cid,
-                dst_cid: HOST_CID,
-                src_port: src,
-                dst_port: dst,
-                kind: TYPE_STREAM,
-                op: OP_RST,
-                ..Hdr::default()
-            };
-            if !dev.send(&h, |_| {}) {
-                return any;
-            }
-            self.nrst -= 1;
-            any = true;
-        }
-        loop {
-            let mut sent = false;
-            for c in self.conns.iter_mut().filter(|c| c.state != State::Free) {
-                if dev.tx_free() == 0 {
-                    dev.reap_tx();
-                    if dev.tx_free() == 0 {
-                        return any || sent;
-                    }
-                }
-                sent |= c.pump(self.cid, dev, now);
-            }
-            any |= sent;
-            if !sent {
-                return any;
-            }
-        }
-    }
-
-    /// Connections in use that are not finished (an RST still owed counts).
-    pub fn busy(&self) -> bool {
-        self.nrst > 0
-            || self
-                .conns
-                .iter()
-                .any(|c| c.state != State::Free && (!c.state.done() || c.need_rst))
     }
 }

@@ -16,14 +16,16 @@
 
 mod conn;
 mod dev;
+mod table;
 
 use crate::msg::Msg;
 use crate::plan::{Plan, VsockPlan};
 use crate::time::{self, Deadline};
 use crate::virtio::bus::Devices;
-use conn::{Role, State, Table, MAX_CONNS};
+use conn::{Role, State, MAX_CONNS};
 use core::fmt::Write as _;
 use dev::{Dev, VSOCK_DEVICE_ID};
+use table::Table;
 
 /// First local port of guest-initiated connections (connection i: + i).
 const LOCAL_PORT: u32 = 49152;
