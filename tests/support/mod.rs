@@ -7,6 +7,7 @@ pub mod net;
 pub mod probe;
 pub mod qemu;
 pub mod scenarios;
+pub mod vsock;
 
 use std::collections::BTreeMap;
 use std::io::Read;

@@ -3,7 +3,7 @@
 //! test plan from its command line (`probe.KEY=VALUE`), checks the machine
 //! it finds (memory map, ACPI, SMP bring-up, RTC, PCI, interrupts) and, on
 //! request, drives virtio devices (disks `blk`, entropy `rng`, network
-//! `net`), prints
+//! `net`, sockets `vsock`), prints
 //! one machine-readable line per fact on COM1 and powers off.
 //!
 //! Ring 0 is assembly only (`entry.rs`); everything here runs in ring 3
@@ -40,6 +40,7 @@ mod rtc;
 mod smp;
 mod time;
 mod virtio;
+mod vsock;
 
 use console::Quoted;
 use msg::Msg;
@@ -165,6 +166,7 @@ pub extern "C" fn probe_main() -> ! {
                 continue;
             }
             Check::Rng => rng::check(&mut devices, &plan),
+            Check::Vsock => vsock::check(&mut devices, &plan),
             Check::Hostile => hostile::check(&mut devices, &acpi, &plan),
             Check::Net => {
                 net::check(&mut devices, &plan, &mut |name, result| {

@@ -15,11 +15,12 @@ pub enum Check {
     Blk,
     Rng,
     Net,
+    Vsock,
     Hostile,
 }
 
 /// Every check, in the order they run.
-pub const ALL_CHECKS: [Check; 11] = [
+pub const ALL_CHECKS: [Check; 12] = [
     Check::Cmdline,
     Check::Memory,
     Check::Acpi,
@@ -30,16 +31,22 @@ pub const ALL_CHECKS: [Check; 11] = [
     Check::Blk,
     Check::Rng,
     Check::Net,
+    Check::Vsock,
     Check::Hostile,
 ];
 
-/// What runs by default and for `all`: the machine checks. `blk`, `rng`
-/// and `net` drive devices (assign BARs, write disks, send frames), so they
-/// only run when named.
+/// What runs by default and for `all`: the machine checks. `blk`, `rng`,
+/// `net` and `vsock` drive devices (assign BARs, write disks, send frames),
+/// so they only run when named.
 fn default_checks() -> u32 {
     ALL_CHECKS
         .iter()
-        .filter(|c| !matches!(c, Check::Blk | Check::Rng | Check::Net | Check::Hostile))
+        .filter(|c| {
+            !matches!(
+                c,
+                Check::Blk | Check::Rng | Check::Net | Check::Vsock | Check::Hostile
+            )
+        })
         .fold(0, |m, c| m | c.bit())
 }
 
@@ -56,6 +63,7 @@ impl Check {
             Check::Blk => "blk",
             Check::Rng => "rng",
             Check::Net => "net",
+            Check::Vsock => "vsock",
             Check::Hostile => "hostile",
         }
     }
@@ -215,6 +223,30 @@ pub struct NetPlan {
     pub tso: u64,
 }
 
+/// The `vsock` check's parameters (`probe.vsock_*`; README).
+pub struct VsockPlan {
+    pub msix: bool,
+    /// The configuration's `guest_cid` must be this.
+    pub cid: Option<u64>,
+    /// Connect phase: host port, connections, pattern bytes each.
+    pub connect: Option<u64>,
+    pub conns: u64,
+    pub bytes: u64,
+    /// Listen phase: port, connections to accept.
+    pub listen: Option<u64>,
+    pub accept: u64,
+    /// Benchmark bytes each way (0: no benchmark).
+    pub bench: u64,
+    pub buf_alloc: u64,
+    pub rx_buf: u64,
+    pub pkt: u64,
+    pub split: bool,
+    /// Connect-phase connections (bit i: connection i) the host resets.
+    pub expect_reset: u32,
+    /// Each phase ends after this long at most.
+    pub ms: u64,
+}
+
 /// `probe.exit_loop=KIND:N`: N exits of one kind, timed (README).
 #[derive(Clone, Copy, PartialEq, Eq)]
 pub enum ExitLoop {
@@ -263,6 +295,7 @@ pub struct Plan {
     pub blk: BlkPlan,
     pub rng: RngPlan,
     pub net: NetPlan,
+    pub vsock: VsockPlan,
     /// Unknown keys and bad values: they fail the `plan` pseudo-check.
     pub errors: Msg,
 }
@@ -333,6 +366,22 @@ pub fn parse(cmdline: &[u8]) -> Plan {
             bench_pings: 1000,
             window: 256,
             tso: 0,
+        },
+        vsock: VsockPlan {
+            msix: true,
+            cid: None,
+            connect: None,
+            conns: 1,
+            bytes: 65536,
+            listen: None,
+            accept: 1,
+            bench: 0,
+            buf_alloc: 65536,
+            rx_buf: 4096,
+            pkt: 4096,
+            split: false,
+            expect_reset: 0,
+            ms: 30_000,
         },
         errors: Msg::new(),
     };
@@ -505,6 +554,29 @@ fn apply(plan: &mut Plan, key: &[u8], value: &[u8], offset: usize) -> bool {
         b"net_bench_pings" => return set_num(&mut plan.net.bench_pings, value, 0, 1 << 20),
         b"net_window" => return set_num(&mut plan.net.window, value, 1, 4096),
         b"net_tso" => return set_num(&mut plan.net.tso, value, 0, 65000),
+        b"vsock_irq" => return set_irq(&mut plan.vsock.msix, value),
+        b"vsock_cid" => return set(&mut plan.vsock.cid, parse_num(value)),
+        b"vsock_connect" => return set(&mut plan.vsock.connect, parse_port(value)),
+        b"vsock_conns" => return set_num(&mut plan.vsock.conns, value, 1, 16),
+        b"vsock_bytes" => return set_num(&mut plan.vsock.bytes, value, 0, 1 << 36),
+        b"vsock_listen" => return set(&mut plan.vsock.listen, parse_port(value)),
+        b"vsock_accept" => return set_num(&mut plan.vsock.accept, value, 1, 16),
+        b"vsock_bench" => return set_num(&mut plan.vsock.bench, value, 0, 1 << 40),
+        b"vsock_buf_alloc" => return set_num(&mut plan.vsock.buf_alloc, value, 4096, 1 << 20),
+        b"vsock_rx_buf" => return set_num(&mut plan.vsock.rx_buf, value, 64, 65536),
+        b"vsock_pkt" => return set_num(&mut plan.vsock.pkt, value, 1, 65536),
+        b"vsock_split" => return set_bool(&mut plan.vsock.split, value),
+        b"vsock_ms" => return set_num(&mut plan.vsock.ms, value, 1, 3_600_000),
+        b"vsock_expect_reset" => {
+            let mut mask = 0u32;
+            for part in value.split(|&b| b == b',') {
+                match parse_num(part) {
+                    Some(i @ 0..=15) => mask |= 1 << i,
+                    _ => return false,
+                }
+            }
+            plan.vsock.expect_reset = mask;
+        }
         b"exit" => {
             plan.exit = match value {
                 b"poweroff" => Exit::Poweroff,
@@ -527,6 +599,11 @@ fn set_irq(msix: &mut bool, value: &[u8]) -> bool {
         _ => return false,
     };
     true
+}
+
+/// A vsock port: 0..=0xffff_fffe (0xffff_ffff is VMADDR_PORT_ANY).
+fn parse_port(value: &[u8]) -> Option<u64> {
+    parse_num(value).filter(|&p| p < 0xffff_ffff)
 }
 
 fn set_bool(slot: &mut bool, value: &[u8]) -> bool {
