@@ -258,7 +258,8 @@ pub fn render(
     md.push_str(&format!(
         "{date}; {} runs per kind and VMM, N = {} exits after {WARMUP} warm-up exits; \
          1 vCPU, {MEM_MIB} MiB, a virtio-rng device. Reproduce: \
-         `cargo run --release -p utsuwa-bench -- exit --runs {}`.\n\n",
+         `cargo run --release -p utsuwa-bench -- exit --runs {}` (`--no-callgrind` \
+         without the instruction counts).\n\n",
         setup.runs, setup.n, setup.runs
     ));
     let cell = |s: Option<Summary>| s.map_or("–".into(), |s| format!("{:.0}", s.median));
