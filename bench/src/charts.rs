@@ -4,6 +4,7 @@
 //!   case and VMM, log scale, the median as a bar;
 //! - `memory.png` (boot.json, api.json): VMM memory besides guest RAM;
 //! - `blk-cpu.png` (blk.json): VMM CPU per request (user + system);
+//! - `net-cpu.png` (net.json): VMM CPU per virtio-net frame;
 //! - `density.png` (density.json): time until K guests all printed their
 //!   marker, and PSS per VMM, against K.
 //!
@@ -89,6 +90,7 @@ pub fn draw_all(dir: &Path) -> Vec<(String, Result<PathBuf, String>)> {
     let blk = load(dir, "blk.json");
     let api = load(dir, "api.json");
     let density = load(dir, "density.json");
+    let net = load(dir, "net.json");
     if let Some(b) = &boot {
         let p = dir.join("boot-startup.png");
         out.push((
@@ -106,6 +108,13 @@ pub fn draw_all(dir: &Path) -> Vec<(String, Result<PathBuf, String>)> {
         out.push((
             "blk CPU per request".to_string(),
             blk_cpu(&p, b, text).map(|_| p),
+        ));
+    }
+    if let Some(n) = &net {
+        let p = dir.join("net-cpu.png");
+        out.push((
+            "net CPU per frame".to_string(),
+            net_cpu(&p, n, text).map(|_| p),
         ));
     }
     if let Some(d) = &density {
@@ -401,6 +410,45 @@ fn blk_cpu(path: &Path, blk: &Value, text: bool) -> Result<(), String> {
     bars(
         path,
         "blk: VMM CPU per request, µs (user + system, guest time excluded)",
+        &groups,
+        &series,
+        text,
+    )
+}
+
+fn net_cpu(path: &Path, net: &Value, text: bool) -> Result<(), String> {
+    let results = net["results"].as_array().ok_or("net.json: no results")?;
+    let key = |r: &Value| {
+        format!(
+            "{} B {}",
+            r["frame"].as_u64().unwrap_or(0),
+            r["irq"].as_str().unwrap_or("?")
+        )
+    };
+    let mut groups: Vec<String> = Vec::new();
+    for r in results {
+        if !groups.contains(&key(r)) {
+            groups.push(key(r));
+        }
+    }
+    let series = ["utsuwa", "qemu"]
+        .iter()
+        .map(|v| {
+            let vals = groups
+                .iter()
+                .map(|g| {
+                    results
+                        .iter()
+                        .find(|r| key(r) == *g && r["vmm"] == *v)
+                        .and_then(|r| median(r, "vmm_us_per_frame"))
+                })
+                .collect();
+            (v.to_string(), color(v), vals)
+        })
+        .collect::<Vec<_>>();
+    bars(
+        path,
+        "net: VMM CPU per frame, µs (user + system, guest time excluded)",
         &groups,
         &series,
         text,

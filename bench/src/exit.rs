@@ -10,12 +10,18 @@
 //! arrive, divided by N: the reading at the first line is taken while the
 //! measured loop already runs, so a few hundred µs of it are missed (well
 //! under 1% with the N used here).
+//!
+//! Under callgrind (`cgdiff`), each kind boots once with a loop of
+//! `CG_SMALL` and once with `CG_LARGE` exits (no warm-up loop) and powers
+//! off: the difference of the VMM's instructions over the difference of
+//! exits is its user-space instructions per exit.
 
 use std::path::PathBuf;
 use std::time::Duration;
 
-use crate::blk::cpu;
+use crate::blk::{callgrind, cpu};
 use crate::boot::{Case, Image, Vmm};
+use crate::cgdiff;
 use crate::proc::{self, Timed};
 use crate::report::{self, Json};
 use crate::stats::Summary;
@@ -49,6 +55,61 @@ pub struct Sample {
 
 fn plan(kind: &str, n: u64) -> String {
     format!("probe.checks=none probe.exit_loop={kind}:{WARMUP} probe.exit_loop={kind}:{n} probe.exit=halt")
+}
+
+/// Exits of the small and the large loop under callgrind.
+pub const CG_SMALL: u64 = 2000;
+pub const CG_LARGE: u64 = 22000;
+
+fn cg_plan(kind: &str, n: u64) -> String {
+    format!("probe.checks=none probe.exit_loop={kind}:{n} probe.exit=poweroff")
+}
+
+/// How the callgrind part runs.
+pub struct Callgrind {
+    pub valgrind: PathBuf,
+    pub runs: usize,
+    pub timeout: Duration,
+    /// Where callgrind writes its files (each removed once read).
+    pub dir: PathBuf,
+}
+
+/// Instructions per exit of every kind and VMM.
+pub fn callgrind(setup: &Setup, cg: &Callgrind) -> Vec<cgdiff::Measured> {
+    let items: Vec<cgdiff::Item> = KINDS
+        .iter()
+        .flat_map(|kind| {
+            setup.vmms.iter().map(|v| cgdiff::Item {
+                vmm: v.name(),
+                case: kind.to_string(),
+                small: CG_SMALL,
+                large: CG_LARGE,
+            })
+        })
+        .collect();
+    cgdiff::run("exit", cg.runs, &items, &cg.dir, |item, size, _, file| {
+        let vmm = setup
+            .vmms
+            .iter()
+            .find(|v| v.name() == item.vmm)
+            .ok_or("no such VMM")?;
+        let n = match size {
+            cgdiff::Size::Small => item.small,
+            cgdiff::Size::Large => item.large,
+        };
+        let inner = command(vmm, &setup.elf, &cg_plan(&item.case, n));
+        let mut cmd = callgrind::wrap(std::process::Command::new(&cg.valgrind), &file, &inner);
+        let is_loop = |l: &str| {
+            l.starts_with("PROBE exit-loop ")
+                || l.starts_with("PROBE-FATAL")
+                || l.starts_with("PROBE-SUMMARY")
+        };
+        let (ir, line) = callgrind::count(&mut cmd, &file, is_loop, cg.timeout)?;
+        match field(&line, "error") {
+            None if line.starts_with("PROBE exit-loop ") => Ok(ir),
+            _ => Err(format!("guest: {line}")),
+        }
+    })
 }
 
 fn command(vmm: &Vmm, elf: &std::path::Path, plan: &str) -> std::process::Command {
@@ -190,13 +251,15 @@ pub fn render(
     setup: &Setup,
     env: &[(String, String)],
     series: &[Series],
+    cg: &Result<Vec<cgdiff::Measured>, String>,
 ) -> (String, Json) {
     let mut md = String::new();
     md.push_str("# Exit cost: the probe's exit loops\n\n");
     md.push_str(&format!(
         "{date}; {} runs per kind and VMM, N = {} exits after {WARMUP} warm-up exits; \
          1 vCPU, {MEM_MIB} MiB, a virtio-rng device. Reproduce: \
-         `cargo run --release -p utsuwa-bench -- exit --runs {}`.\n\n",
+         `cargo run --release -p utsuwa-bench -- exit --runs {}` (`--no-callgrind` \
+         without the instruction counts).\n\n",
         setup.runs, setup.n, setup.runs
     ));
     let cell = |s: Option<Summary>| s.map_or("–".into(), |s| format!("{:.0}", s.median));
@@ -244,6 +307,31 @@ pub fn render(
          the measured loop, divided by N. On this PVM host the system part includes PVM's \
          world switch and emulation: only the user part carries over to VT-x/AMD-V.\n",
     );
+    md.push_str(&format!(
+        "\n## VMM instructions per exit (callgrind, user space only)\n\n\
+         Each kind boots under `valgrind --tool=callgrind` with a loop of {CG_SMALL} and of \
+         {CG_LARGE} exits (`probe.checks=none probe.exit_loop=KIND:N probe.exit=poweroff`); \
+         instructions per exit = (Ir(large) − Ir(small)) / {}: boot and teardown cancel \
+         out. All of the VMM's threads in user space; not the kernel (KVM, PVM, syscalls) \
+         and not the guest. Median of each size; min–max over runs paired by number.\n\n",
+        CG_LARGE - CG_SMALL
+    ));
+    let cg_json = match cg {
+        Ok(m) => {
+            md.push_str(&cgdiff::table(m, "exit"));
+            for m in m {
+                for e in m.errors() {
+                    md.push_str(&format!("\n- {} {}: {e}", m.item.vmm, m.item.case));
+                }
+            }
+            md.push('\n');
+            cgdiff::json(m)
+        }
+        Err(e) => {
+            md.push_str(&format!("Not measured: {e}\n"));
+            Json::obj([("error", Json::str(e.clone()))])
+        }
+    };
     let errors: Vec<String> = series
         .iter()
         .flat_map(|s| {
@@ -314,6 +402,7 @@ pub fn render(
             Json::Obj(env.iter().map(|(k, v)| (k.clone(), Json::str(v))).collect()),
         ),
         ("results", Json::Arr(results)),
+        ("callgrind", cg_json),
     ]);
     (md, json)
 }

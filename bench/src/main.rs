@@ -2,22 +2,25 @@
 //! guest and writes the results as Markdown and JSON.
 //!
 //! ```text
-//! cargo run --release -p utsuwa-bench -- [boot | blk | suite] [--runs N] [--out DIR]
+//! cargo run --release -p utsuwa-bench -- [boot | blk | net | exit | ... | suite] [--runs N] [--out DIR]
 //!     [--memory-runs N] [--timeout SECS] [--utsuwa PATH] [--qemu PATH | --no-qemu]
 //!     [--probe-elf PATH] [--image-dir DIR] [--callgrind-runs N | --no-callgrind]
 //! ```
 //!
 //! This file: arguments, the binaries and guest to use, the environment
 //! the report records, and printing. One module per benchmark (`boot`,
-//! `blk`).
+//! `blk`, `api`, `density`, `exit`, `net`).
 
 mod api;
 mod blk;
 mod boot;
+mod cgdiff;
 mod charts;
+mod cleanup;
 mod density;
 mod exit;
 mod guest;
+mod net;
 mod proc;
 mod report;
 mod stats;
@@ -28,27 +31,32 @@ use std::process::{Command, ExitCode, Stdio};
 use std::time::Duration;
 
 const USAGE: &str = "\
-usage: utsuwa-bench [boot | blk | api | density | charts | suite] [OPTIONS]
+usage: utsuwa-bench [boot | blk | api | density | exit | net | charts | suite] [OPTIONS]
 
 Benchmarks:
   boot                 time to the guest's first line and to exit, and VMM memory (default)
   blk                  virtio-blk throughput, VMM CPU time and instructions per request
   api                  utsuwa only: process start to API answering, InstanceStart to marker, memory
   density              K = 1, 10, 25, 50 guests of 128 MiB at once: time to all markers, host memory
-  exit                 the probe's exit loops (pio, mmio, notify): guest ns and VMM CPU per exit
+  exit                 the probe's exit loops (pio, mmio, notify): guest ns, VMM CPU and
+                       VMM instructions (callgrind) per exit
+  net                  virtio-net on a TAP in a network namespace: frames/s and MB/s both
+                       ways, ping RTT, VMM CPU and instructions (callgrind) per frame
   charts               only redraw the charts and summary.md from the JSON files in --out
-  suite                boot, blk, api, density, exit, then the charts and summary.md
+  suite                boot, blk, api, density, exit, net, then the charts and summary.md
 
 Options:
-  --runs N             timed runs per case and VMM (default: boot 20, blk 5, api 10, density 3)
+  --runs N             timed runs per case and VMM (default: boot 20, blk 5, api 10,
+                       density 3, exit 3, net 5)
   --exits N            exit: exits per measured loop (default 20000)
+  --frames N           net: benchmark frames each way per run (default 100000)
   --qemu-max-k K       density: largest K for QEMU (default 50)
   --memory-runs N      boot: memory runs per case and VMM (default 3)
   --timeout SECS       limit per run; the VMM is killed after it (default 30;
                        runs under callgrind get 10 times as long)
   --image-dir DIR      blk: where the disk image goes (default: the temporary directory)
-  --callgrind-runs N   blk: runs of each callgrind measurement (default 3)
-  --no-callgrind       blk: skip the callgrind measurements
+  --callgrind-runs N   blk, exit, net: runs of each callgrind measurement (default 3)
+  --no-callgrind       blk, exit, net: skip the callgrind measurements
   --out DIR            where to write BENCH.md and BENCH.json (default bench/results)
   --utsuwa PATH        utsuwa binary (default target/release/utsuwa, built if missing)
   --qemu PATH          QEMU binary (default qemu-system-x86_64 on PATH)
@@ -71,6 +79,7 @@ struct Args {
     no_callgrind: bool,
     qemu_max_k: usize,
     exits: u64,
+    frames: u64,
 }
 
 /// The arguments, or None when the user asked for help.
@@ -90,6 +99,7 @@ fn parse_args(mut it: impl Iterator<Item = String>) -> Result<Option<Args>, Stri
         no_callgrind: false,
         qemu_max_k: 50,
         exits: 20000,
+        frames: 100_000,
     };
     let number = |flag: &str, v: Option<String>| -> Result<usize, String> {
         let v = v.ok_or_else(|| format!("{flag} needs a value"))?;
@@ -98,11 +108,12 @@ fn parse_args(mut it: impl Iterator<Item = String>) -> Result<Option<Args>, Stri
     };
     while let Some(arg) = it.next() {
         match arg.as_str() {
-            "boot" | "blk" | "api" | "density" | "exit" | "charts" => a.benches.push(arg),
-            "suite" => a
-                .benches
-                .extend(["boot", "blk", "api", "density", "exit", "charts"].map(String::from)),
+            "boot" | "blk" | "api" | "density" | "exit" | "net" | "charts" => a.benches.push(arg),
+            "suite" => a.benches.extend(
+                ["boot", "blk", "api", "density", "exit", "net", "charts"].map(String::from),
+            ),
             "--exits" => a.exits = number("--exits", it.next())? as u64,
+            "--frames" => a.frames = number("--frames", it.next())? as u64,
             "--qemu-max-k" => a.qemu_max_k = number("--qemu-max-k", it.next())?,
             "--runs" => a.runs = Some(number("--runs", it.next())?),
             "--memory-runs" => a.memory_runs = number("--memory-runs", it.next())?,
@@ -123,8 +134,8 @@ fn parse_args(mut it: impl Iterator<Item = String>) -> Result<Option<Args>, Stri
             other => return Err(format!("unknown argument '{other}'\n{USAGE}")),
         }
     }
-    if a.runs == Some(0) || a.timeout == 0 || a.callgrind_runs == 0 {
-        return Err("--runs, --timeout and --callgrind-runs must be at least 1".into());
+    if a.runs == Some(0) || a.timeout == 0 || a.callgrind_runs == 0 || a.frames == 0 {
+        return Err("--runs, --timeout, --callgrind-runs and --frames must be at least 1".into());
     }
     if a.benches.is_empty() {
         a.benches.push("boot".into());
@@ -133,6 +144,9 @@ fn parse_args(mut it: impl Iterator<Item = String>) -> Result<Option<Args>, Stri
 }
 
 fn main() -> ExitCode {
+    // Before any thread starts: Ctrl-C then kills the VMMs and deletes
+    // the network namespaces instead of leaving them behind.
+    cleanup::install();
     match real_main() {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
@@ -197,6 +211,7 @@ fn real_main() -> Result<(), String> {
             "api" => run_api(&args, &root, &utsuwa, qemu.as_deref(), &guest, &out)?,
             "density" => run_density(&args, &root, &utsuwa, qemu.as_deref(), &guest, &notes, &out)?,
             "exit" => run_exit(&args, &root, &utsuwa, qemu.as_deref(), &guest, &out)?,
+            "net" => run_net(&args, &root, &utsuwa, qemu.as_deref(), &guest, &notes, &out)?,
             "charts" => {
                 let files = charts::draw_all(&out);
                 summary::write(&out, &files)?;
@@ -443,12 +458,104 @@ fn run_exit(
     let mut env = environment(root, utsuwa, qemu, guest);
     let date = report::utc_now();
     let series = exit::run(&setup);
+    let cg = callgrind_setup(args, &mut env).map(|(valgrind, dir)| {
+        exit::callgrind(
+            &setup,
+            &exit::Callgrind {
+                valgrind,
+                runs: args.callgrind_runs,
+                timeout: Duration::from_secs(args.timeout * 10),
+                dir: dir.0.clone(),
+            },
+        )
+    });
     env.push(("load average after".into(), first_line("/proc/loadavg")));
-    let (md, json) = exit::render(&date, &setup, &env, &series);
+    let (md, json) = exit::render(&date, &setup, &env, &series, &cg);
     println!("{md}");
     let [md_path, json_path] = report::write(out, "exit", &md, &json)?;
     eprintln!(
         "[exit] wrote {} and {}",
+        md_path.display(),
+        json_path.display()
+    );
+    Ok(())
+}
+
+/// valgrind (recorded in `env`) and a scratch directory for callgrind's
+/// files, or why callgrind is left out.
+fn callgrind_setup(
+    args: &Args,
+    env: &mut Vec<(String, String)>,
+) -> Result<(PathBuf, blk::Scratch), String> {
+    if args.no_callgrind {
+        return Err("left out (--no-callgrind).".into());
+    }
+    let valgrind =
+        find_on_path("valgrind").ok_or("valgrind not found (apt-get install valgrind).")?;
+    env.push((
+        "valgrind".into(),
+        proc::output_of(&valgrind.to_string_lossy(), &["--version"]).unwrap_or_default(),
+    ));
+    Ok((valgrind, blk::Scratch::new(&std::env::temp_dir())?))
+}
+
+fn run_net(
+    args: &Args,
+    root: &Path,
+    utsuwa: &Path,
+    qemu: Option<&Path>,
+    guest: &guest::Guest,
+    notes: &[String],
+    out: &Path,
+) -> Result<(), String> {
+    if let Some(why) = net::peer::unavailable() {
+        return Err(format!("net: cannot run here: {why}"));
+    }
+    let mut vmms = vec![boot::Vmm::Utsuwa(utsuwa.to_path_buf())];
+    vmms.extend(qemu.map(|q| boot::Vmm::Qemu(q.to_path_buf())));
+    let runs = args.runs.unwrap_or(5);
+    let cases = net::FRAMES
+        .iter()
+        .flat_map(|&frame| net::MODES.map(|irq| net::Case { frame, irq }))
+        .collect();
+    let setup = net::Setup {
+        runs,
+        frames: args.frames,
+        timeout: Duration::from_secs(args.timeout.max(60)),
+        vmms,
+        elf: guest.elf.clone(),
+        cases,
+    };
+    let mut env = environment(root, utsuwa, qemu, guest);
+    let date = report::utc_now();
+    let series = net::run(&setup);
+    let callgrind = callgrind_setup(args, &mut env).map(|(valgrind, dir)| {
+        net::callgrind(
+            &setup,
+            &net::Callgrind {
+                valgrind,
+                runs: args.callgrind_runs,
+                timeout: Duration::from_secs(args.timeout * 10),
+                dir: dir.0.clone(),
+            },
+        )
+    });
+    env.push(("load average after".into(), first_line("/proc/loadavg")));
+    let ctx = net::report::Context {
+        date,
+        runs,
+        frames: args.frames,
+        timeout_s: setup.timeout.as_secs(),
+        environment: env,
+        notes: notes.to_vec(),
+        callgrind,
+        callgrind_runs: args.callgrind_runs,
+    };
+    let (md, json) = net::report::render(&ctx, &series);
+    println!("{md}");
+    let [md_path, json_path] = report::write(out, "net", &md, &json)?;
+    eprintln!(
+        "[net] wrote {} and {}",
         md_path.display(),
         json_path.display()
     );

@@ -54,6 +54,7 @@ impl Timed {
         let mut child = cmd
             .spawn()
             .map_err(|e| format!("cannot start {:?}: {e}", cmd.get_program()))?;
+        crate::cleanup::add_group(child.id());
         let out = child.stdout.take().ok_or("child has no stdout pipe")?;
         let mut err = child.stderr.take().ok_or("child has no stderr pipe")?;
         let (line_tx, lines) = mpsc::channel();
@@ -172,6 +173,7 @@ impl Timed {
     }
 
     fn reap(&mut self) -> std::io::Result<ExitStatus> {
+        crate::cleanup::remove_group(self.child.id());
         let status = self.child.wait();
         self.reaped = true;
         status

@@ -1,5 +1,5 @@
 //! `summary.md`: one table of the headline figures from whichever result
-//! files exist (boot, blk, api, density, exit), links to every report and
+//! files exist (boot, blk, api, density, exit, net), links to every report and
 //! chart, the command that reproduces them, and which figures carry over
 //! from this PVM host to hardware virtualization.
 
@@ -38,6 +38,7 @@ pub fn write(dir: &Path, charts: &[(String, Result<PathBuf, String>)]) -> Result
     let api = load(dir, "api.json");
     let density = load(dir, "density.json");
     let exit = load(dir, "exit.json");
+    let net = load(dir, "net.json");
     let mut rows: Vec<Vec<String>> = Vec::new();
     let mut row =
         |what: &str, u: Option<f64>, q: Option<f64>, d: usize, carries: &str, src: &str| {
@@ -231,7 +232,109 @@ pub fn write(dir: &Path, charts: &[(String, Result<PathBuf, String>)]) -> Result
                     "yes: the VMM's own handling",
                     "[exit](exit.md)",
                 );
+                let cg = |vmm: &str| {
+                    e["callgrind"]
+                        .as_array()?
+                        .iter()
+                        .find(|c| c["case"] == kind && c["vmm"] == vmm)?["instructions_per_unit"]
+                        .as_f64()
+                };
+                if cg("utsuwa").is_some() {
+                    row(
+                        &format!("exit {kind}: VMM instructions per exit (callgrind)"),
+                        cg("utsuwa"),
+                        cg("qemu"),
+                        0,
+                        "yes: the VMM's own handling, in user space",
+                        "[exit](exit.md)",
+                    );
+                }
             }
+        }
+    }
+    if let Some(n) = &net {
+        let pick = |frame: u64, irq: &str, vmm: &str| {
+            find(n, |r| {
+                r["frame"].as_u64() == Some(frame) && r["irq"] == irq && r["vmm"] == vmm
+            })
+        };
+        let both = |frame: u64, irq: &str, key: &str| {
+            (
+                pick(frame, irq, "utsuwa").and_then(|r| med(r, key)),
+                pick(frame, irq, "qemu").and_then(|r| med(r, key)),
+            )
+        };
+        for (key, what, d, carries) in [
+            (
+                "g2h_fps",
+                "guest→host frames/s",
+                0,
+                "no: bounded by PVM's exit cost",
+            ),
+            (
+                "h2g_fps",
+                "host→guest frames/s",
+                0,
+                "no: bounded by PVM's exit cost",
+            ),
+            (
+                "rtt_avg_us",
+                "ICMP echo to the host, average RTT (µs)",
+                0,
+                "no: mostly PVM's exit and interrupt path",
+            ),
+        ] {
+            let (u, q) = both(1514, "msix", key);
+            row(
+                &format!("net 1514 B msix: {what}"),
+                u,
+                q,
+                d,
+                carries,
+                "[net](net.md)",
+            );
+        }
+        for frame in [1514, 64] {
+            for irq in ["msix", "poll"] {
+                let (u, q) = both(frame, irq, "vmm_us_per_frame");
+                if u.is_none() && q.is_none() {
+                    continue;
+                }
+                row(
+                    &format!("net {frame} B {irq}: VMM CPU per frame, user+system (µs)"),
+                    u,
+                    q,
+                    2,
+                    "partly: the system share includes PVM's exits",
+                    "[net](net.md)",
+                );
+                let (u, q) = both(frame, irq, "vmm_user_us_per_frame");
+                row(
+                    &format!("net {frame} B {irq}: VMM user CPU per frame (µs)"),
+                    u,
+                    q,
+                    2,
+                    "yes: the VMM's own work",
+                    "[net](net.md)",
+                );
+            }
+        }
+        let cg = |vmm: &str| {
+            n["callgrind"]
+                .as_array()?
+                .iter()
+                .find(|c| c["vmm"] == vmm)?["instructions_per_unit"]
+                .as_f64()
+        };
+        if cg("utsuwa").is_some() {
+            row(
+                "net 1514 B msix: VMM instructions per frame (callgrind)",
+                cg("utsuwa"),
+                cg("qemu"),
+                0,
+                "yes: the VMM's own work, in user space",
+                "[net](net.md)",
+            );
         }
     }
     let mut md = String::new();
@@ -250,6 +353,10 @@ pub fn write(dir: &Path, charts: &[(String, Result<PathBuf, String>)]) -> Result
     md.push_str(
         "```sh\ncargo build --release && cargo run --release -p utsuwa-bench -- suite\n```\n\n",
     );
+    md.push_str(
+        "`net` needs root, `ip` and /dev/net/tun (it makes a network namespace per run); \
+         instruction counts need valgrind (`--no-callgrind` to skip them).\n\n",
+    );
     md.push_str("Redraw the charts and this file only: `cargo run --release -p utsuwa-bench -- charts`.\n\n");
     let dates: Vec<String> = [
         ("boot", &boot),
@@ -257,6 +364,7 @@ pub fn write(dir: &Path, charts: &[(String, Result<PathBuf, String>)]) -> Result
         ("api", &api),
         ("density", &density),
         ("exit", &exit),
+        ("net", &net),
     ]
     .iter()
     .filter_map(|(n, v)| Some(format!("{n} {}", v.as_ref()?["date"].as_str()?)))
@@ -291,7 +399,8 @@ pub fn write(dir: &Path, charts: &[(String, Result<PathBuf, String>)]) -> Result
             "\nExit rows: `notify` is not like for like. utsuwa keeps the queue's ioeventfd \
              registered while the device is reset, so KVM completes the write in the kernel; \
              QEMU registers it only once the driver sets DRIVER_OK, so each write is an MMIO \
-             exit to QEMU's userspace. The user/system split of the VMM's CPU time comes from \
+             exit to QEMU's userspace (so QEMU's instructions per `notify` exit are its MMIO \
+         path, utsuwa's about 0). The user/system split of the VMM's CPU time comes from \
              timer ticks and is uncertain by a few ms per run (the totals are exact).\n",
         );
     }
@@ -309,6 +418,7 @@ pub fn write(dir: &Path, charts: &[(String, Result<PathBuf, String>)]) -> Result
                     "boot start-up" => "Each dot is one run (in run order), the shaded bar the median; log scale. Left: to the guest's first line; right: to the VMM's exit after the guest's ACPI power-off.\n\n",
                     "memory" => "VMM resident memory besides guest RAM with the guest halted (boot cases, 256 MiB guests), and utsuwa's API process idle and with a 128 MiB guest.\n\n",
                     "blk CPU per request" => "CPU time of every VMM thread (guest time taken out) per virtio-blk request, user + system.\n\n",
+                    "net CPU per frame" => "CPU time of every VMM thread (guest time taken out) per virtio-net frame, both directions, user + system.\n\n",
                     "density" => "Left: K VMMs spawned back to back until the last printed its marker. Right: PSS per VMM (shared pages split among the K copies), guest pages included.\n\n",
                     _ => "",
                 });
@@ -341,11 +451,14 @@ pub fn write(dir: &Path, charts: &[(String, Result<PathBuf, String>)]) -> Result
         "density.json",
         "exit.md",
         "exit.json",
+        "net.md",
+        "net.json",
         "startup.md",
         "boot-startup.png",
         "memory.png",
         "blk-cpu.png",
         "density.png",
+        "net-cpu.png",
     ] {
         if dir.join(f).exists() {
             md.push_str(&format!("- [{f}]({f})\n"));

@@ -152,27 +152,57 @@ fn run_one(setup: &Setup, vmm: &Vmm, what: What, irq: &str, file: &Path) -> Resu
         Cache::Writeback,
         &what.plan(irq),
     );
-    let mut cmd = Command::new(&setup.valgrind);
-    cmd.args(["--tool=callgrind", "--collect-atstart=yes"])
+    let mut cmd = wrap(Command::new(&setup.valgrind), file, &inner);
+    let want = what.verdict();
+    count(
+        &mut cmd,
+        file,
+        |l| l.starts_with(want) || l.starts_with("PROBE-FATAL"),
+        setup.timeout,
+    )
+    .and_then(|(ir, line)| {
+        if line.starts_with(want) {
+            Ok(ir)
+        } else {
+            Err(line)
+        }
+    })
+}
+
+/// `base` (`valgrind`, or a wrapper that ends in it such as `ip netns exec
+/// NS valgrind`) with callgrind's options, writing `file`, then `inner`'s
+/// program and arguments: `inner` run under callgrind.
+pub fn wrap(mut base: Command, file: &Path, inner: &Command) -> Command {
+    base.args(["--tool=callgrind", "--collect-atstart=yes"])
         .arg(format!("--callgrind-out-file={}", file.display()))
         .arg(inner.get_program())
         .args(inner.get_args());
-    let mut child = Timed::spawn(&mut cmd)?;
-    let deadline = child.start + setup.timeout;
-    let want = what.verdict();
-    match child.wait_line(
-        |l| l.starts_with(want) || l.starts_with("PROBE-FATAL"),
-        deadline,
-    ) {
-        Ok((_, l)) if l.starts_with(want) => {}
-        Ok((_, l)) => return Err(format!("{l} ({})", child.finish_and_tail(4))),
+    base
+}
+
+/// Runs `cmd` (made by `wrap`) until a stdout line `want` accepts, then
+/// until it exits with success; returns the total instructions of `file`
+/// and that line (the caller judges it).
+pub fn count(
+    cmd: &mut Command,
+    file: &Path,
+    want: impl Fn(&str) -> bool,
+    timeout: Duration,
+) -> Result<(u64, String), String> {
+    let mut child = Timed::spawn(cmd)?;
+    let deadline = child.start + timeout;
+    let line = match child.wait_line(want, deadline) {
+        Ok((_, l)) => l,
         Err(why) => {
             return Err(format!(
-                "no '{want}': {:?} ({})",
+                "no awaited line: {:?} ({})",
                 why,
                 child.finish_and_tail(6)
             ))
         }
+    };
+    if line.starts_with("PROBE-FATAL") {
+        return Err(format!("{line} ({})", child.finish_and_tail(4)));
     }
     match child.wait_exit(deadline) {
         Ok((_, status)) if status.success() => {}
@@ -186,7 +216,8 @@ fn run_one(setup: &Setup, vmm: &Vmm, what: What, irq: &str, file: &Path) -> Resu
     }
     let text = std::fs::read_to_string(file)
         .map_err(|e| format!("cannot read {}: {e}", file.display()))?;
-    total_ir(&text).ok_or_else(|| format!("no totals: line in {}", file.display()))
+    let ir = total_ir(&text).ok_or_else(|| format!("no totals: line in {}", file.display()))?;
+    Ok((ir, line))
 }
 
 /// `totals:` (else `summary:`) of a callgrind output file.
