@@ -77,6 +77,26 @@ tx2 = queue([desc(NEXT, 1, 0, 12), desc(0, 0, 0x40, 60)], [0], 2)
 put("virtio_net", "tso_split", struct.pack("<H", 0x1ff) + rx + tx2 + bytes([0]) +
     payload([(0, tso_hdr), (0x40, eth)]))
 
+# virtio-vsock (see virtio_vsock.rs): actions, port, service bytes, the
+# receive queue (four 4 KiB buffers at +0x4000), the transmit queue.
+def vsock_hdr(op, src_port, dst_port, length=0, flags=0, src_cid=3, dst_cid=2, type_=1):
+    return struct.pack("<QQIIIHHIII", src_cid, dst_cid, src_port, dst_port, length,
+                       type_, op, flags, 256 << 10, 0)
+
+vrx = queue([desc(WRITE, 0, 0x4000 + 0x1000 * i, 4096) for i in range(4)], [0, 1, 2, 3], 2)
+REQUEST, RESPONSE, RST, SHUTDOWN, RW, CREDIT_UPDATE, CREDIT_REQUEST = range(1, 8)
+vtx = queue([desc(0, 0, 0, 44), desc(0, 0, 0x40, 60), desc(0, 0, 0x100, 44), desc(0, 0, 0x140, 44)],
+            [0, 1, 2, 3], 2)
+put("virtio_vsock", "guest_connects", bytes([10]) + struct.pack("<HH", 0, 100) + vrx + vtx +
+    payload([(0, vsock_hdr(REQUEST, 1000, 5000)), (0x40, vsock_hdr(RW, 1000, 5000, 16) + b"hello, host 5000"),
+             (0x100, vsock_hdr(CREDIT_REQUEST, 1000, 5000)),
+             (0x140, vsock_hdr(SHUTDOWN, 1000, 5000, flags=3))]))
+put("virtio_vsock", "host_connects", bytes([1]) + struct.pack("<HH", 1234, 0) + vrx +
+    queue([desc(0, 0, 0, 44)], [0], 2) + payload([(0, vsock_hdr(RESPONSE, 1234, 1 << 30))]))
+put("virtio_vsock", "lying_and_strange", bytes([14]) + struct.pack("<HH", 0, 4000) + vrx + vtx +
+    payload([(0, vsock_hdr(REQUEST, 7, 5000)), (0x40, vsock_hdr(RW, 7, 5000, 60000) + bytes(16)),
+             (0x100, vsock_hdr(REQUEST, 8, 5000, dst_cid=9)), (0x140, vsock_hdr(RW, 9, 5000, type_=2))]))
+
 # PCI: ops (see pci_config.rs): 0 write, 1 read, 2 size BAR, 3 table write,
 # 4 table read, 5 PBA, 6 trigger, 7 reset.
 def cw(reg, off, lenidx, data):

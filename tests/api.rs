@@ -7,6 +7,8 @@
 
 #[path = "api/bad_input.rs"]
 mod bad_input;
+#[path = "api/devices.rs"]
+mod devices;
 #[path = "api/harness.rs"]
 mod harness;
 #[path = "api/operations.rs"]

@@ -80,6 +80,8 @@ pub struct Instance {
     control: Option<Arc<VmControl>>,
     /// Drive IDs in the order the VM's disks were built.
     started_drives: Vec<String>,
+    /// The network interfaces' IDs, in the order the VM has them.
+    started_nets: Vec<String>,
 }
 
 /// IDs in paths and bodies: 1 to 64 of `[A-Za-z0-9_]` (as Firecracker).
@@ -139,6 +141,7 @@ impl Instance {
             running: None,
             control: None,
             started_drives: Vec::new(),
+            started_nets: Vec::new(),
         }
     }
 
@@ -157,6 +160,10 @@ impl Instance {
     /// Drive IDs of the started VM's disks, in their order.
     pub fn started_drives(&self) -> &[String] {
         &self.started_drives
+    }
+
+    pub fn started_nets(&self) -> &[String] {
+        &self.started_nets
     }
 
     /// Where the running VM reports its end; None before boot.
@@ -447,6 +454,7 @@ impl Instance {
         let cfg = self.vm_config()?;
         let running = self.launcher.launch(&cfg).map_err(ApiError::Start)?;
         self.started_drives = self.ordered_drives().map(|d| d.drive_id.clone()).collect();
+        self.started_nets = self.nets.iter().map(|n| n.iface_id.clone()).collect();
         self.control = Some(running.control());
         self.running = Some(running);
         Ok(())

@@ -3,8 +3,8 @@
 //! the `PUT /metrics` file on `FlushMetrics` and every minute (each value
 //! the change since the previous line, as Firecracker's counters are).
 //! Counted: API requests by route and method (and failures), HTTP-level
-//! rejections and connections; from the VM, vCPU exits by reason and the
-//! block devices' counters.
+//! rejections and connections; from the VM, vCPU exits by reason and
+//! every device's counters (`device_metrics`).
 
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
@@ -192,18 +192,12 @@ impl ApiMetrics {
                     *vcpu.entry(name).or_default() += n;
                 }
             }
-            let ids = instance.started_drives();
-            for (id, s) in ids.iter().zip(control.block_stats()) {
-                for group in ["block".to_string(), format!("block_{id}")] {
-                    let b = g.entry(group).or_default();
-                    *b.entry("read_bytes".into()).or_default() += s.read_bytes;
-                    *b.entry("write_bytes".into()).or_default() += s.write_bytes;
-                    *b.entry("flush_count".into()).or_default() += s.flushes;
-                    *b.entry("discard_count".into()).or_default() += s.discards;
-                    *b.entry("request_count".into()).or_default() += s.requests;
-                    *b.entry("execute_fails".into()).or_default() += s.errors;
-                }
-            }
+            super::device_metrics::add_groups(
+                &mut g,
+                instance.started_drives(),
+                instance.started_nets(),
+                &control.device_counters(),
+            );
         }
         g
     }
@@ -292,43 +286,12 @@ impl ApiMetrics {
                 );
             }
         }
-        let stats = control.block_stats();
-        let drives: Vec<_> = instance.started_drives().iter().zip(&stats).collect();
-        for (name, help, get) in [
-            (
-                "utsuwa_block_requests_total",
-                "Block requests completed.",
-                (|s| s.requests) as fn(&vmm::virtio::block::BlockStatsSnapshot) -> u64,
-            ),
-            (
-                "utsuwa_block_read_bytes_total",
-                "Bytes read from the image.",
-                |s| s.read_bytes,
-            ),
-            (
-                "utsuwa_block_write_bytes_total",
-                "Bytes written to the image.",
-                |s| s.write_bytes,
-            ),
-            ("utsuwa_block_flushes_total", "Flushes completed.", |s| {
-                s.flushes
-            }),
-            (
-                "utsuwa_block_discards_total",
-                "Discards and write-zeroes completed.",
-                |s| s.discards,
-            ),
-            (
-                "utsuwa_block_errors_total",
-                "Requests answered with an error.",
-                |s| s.errors,
-            ),
-        ] {
-            family(&mut out, name, "counter", help);
-            for (id, s) in &drives {
-                let _ = writeln!(out, "{name}{{drive=\"{id}\"}} {}", get(s));
-            }
-        }
+        super::device_metrics::prometheus(
+            &mut out,
+            instance.started_drives(),
+            instance.started_nets(),
+            &control.device_counters(),
+        );
         out
     }
 }

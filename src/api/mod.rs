@@ -17,6 +17,7 @@
 
 pub mod args;
 pub mod client;
+pub mod device_metrics;
 pub mod http;
 pub mod instance;
 pub mod metrics;

@@ -36,7 +36,7 @@ use crate::virtio::rng::Rng;
 use crate::virtio::transport::{VirtioPci, BAR_SIZE};
 use crate::virtio::vsock::{Vsock, VsockError};
 use crate::virtio::VirtioDevice;
-use crate::vm::{Vm, VmParts};
+use crate::vm::{DeviceCounters, Vm, VmParts};
 use vm_allocator::{AddressAllocator, AllocPolicy};
 
 /// The most vCPUs a machine can have: the MADT uses xAPIC entries (8-bit
@@ -177,10 +177,10 @@ pub fn build(
     let mut bars = AddressAllocator::new(layout::PCI_MMIO32_START, layout::PCI_MMIO32_SIZE)
         .map_err(|e| BuildError::Pci(format!("BAR allocator: {e:?}")))?;
     let mut virtio_devices = Vec::new();
-    let mut block_stats = Vec::with_capacity(cfg.disks.len());
+    let mut counters = DeviceCounters::default();
     for disk in &cfg.disks {
         let block = Block::new(disk, u16::from(cfg.vcpus))?;
-        block_stats.push(block.stats());
+        counters.block.push(block.stats());
         virtio_devices.push(add_virtio_pci(
             Box::new(block),
             &mut bars,
@@ -193,13 +193,19 @@ pub fn build(
     }
     let mut others: Vec<Box<dyn VirtioDevice>> = Vec::new();
     for net in &cfg.nets {
-        others.push(Box::new(Net::new(net)?));
+        let net = Net::new(net)?;
+        counters.net.push(net.stats());
+        others.push(Box::new(net));
     }
     if cfg.rng {
-        others.push(Box::new(Rng::new()));
+        let rng = Rng::new();
+        counters.rng = Some(rng.stats());
+        others.push(Box::new(rng));
     }
     if let Some(vsock) = &cfg.vsock {
-        others.push(Box::new(Vsock::new(vsock)?));
+        let vsock = Vsock::new(vsock)?;
+        counters.vsock = Some(vsock.stats());
+        others.push(Box::new(vsock));
     }
     for device in others {
         virtio_devices.push(add_virtio_pci(
@@ -232,7 +238,7 @@ pub fn build(
             serial,
             i8042,
             virtio_devices,
-            block_stats,
+            counters,
         },
         vcpus,
         guest_is_linux: kernel.is_linux,

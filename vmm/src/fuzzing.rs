@@ -13,3 +13,4 @@ pub use crate::interrupts::MsiRouter;
 pub use crate::virtio::block::fuzzing as block;
 pub use crate::virtio::net::fuzzing as net;
 pub use crate::virtio::rng::fuzzing as rng;
+pub use crate::virtio::vsock::fuzzing as vsock;

@@ -22,7 +22,10 @@ use crate::lifecycle::{ExitReason, ExitSignal};
 use crate::memory::GuestMemoryMmap;
 use crate::vcpu::{self, ExitKind, PauseGate, VcpuContext, VcpuStats};
 use crate::virtio::block::{BlockStats, BlockStatsSnapshot};
+use crate::virtio::net::{NetStats, NetStatsSnapshot};
+use crate::virtio::rng::{RngStats, RngStatsSnapshot};
 use crate::virtio::transport::VirtioPci;
+use crate::virtio::vsock::{VsockStats, VsockStatsSnapshot};
 
 /// Errors from starting a VM.
 #[derive(Debug, thiserror::Error)]
@@ -55,8 +58,38 @@ pub(crate) struct VmParts {
     pub i8042: Arc<Mutex<I8042>>,
     /// Devices whose workers must be stopped when the VM ends.
     pub virtio_devices: Vec<Arc<Mutex<VirtioPci>>>,
-    /// The disks' counters, in the configuration's order.
-    pub block_stats: Vec<Arc<BlockStats>>,
+    pub counters: DeviceCounters,
+}
+
+/// Every device's counters, shared with the device threads that count.
+#[derive(Clone, Default)]
+pub struct DeviceCounters {
+    /// The disks', in the configuration's order.
+    pub block: Vec<Arc<BlockStats>>,
+    /// The NICs', in the configuration's order.
+    pub net: Vec<Arc<NetStats>>,
+    pub rng: Option<Arc<RngStats>>,
+    pub vsock: Option<Arc<VsockStats>>,
+}
+
+/// A point-in-time copy of [`DeviceCounters`].
+#[derive(Clone, Debug, Default)]
+pub struct DeviceCountersSnapshot {
+    pub block: Vec<BlockStatsSnapshot>,
+    pub net: Vec<NetStatsSnapshot>,
+    pub rng: Option<RngStatsSnapshot>,
+    pub vsock: Option<VsockStatsSnapshot>,
+}
+
+impl DeviceCounters {
+    pub fn snapshot(&self) -> DeviceCountersSnapshot {
+        DeviceCountersSnapshot {
+            block: self.block.iter().map(|s| s.snapshot()).collect(),
+            net: self.net.iter().map(|s| s.snapshot()).collect(),
+            rng: self.rng.as_ref().map(|s| s.snapshot()),
+            vsock: self.vsock.as_ref().map(|s| s.snapshot()),
+        }
+    }
 }
 
 /// A VM ready to run.
@@ -89,7 +122,7 @@ impl Vm {
             threads: Mutex::new(Some(Vec::with_capacity(count))),
             i8042: self.parts.i8042.clone(),
             vcpu_stats: vcpu_stats.clone(),
-            block_stats: self.parts.block_stats.clone(),
+            counters: self.parts.counters.clone(),
             exit: self.parts.ctx.exit.clone(),
         });
         let mut running = RunningVm {
@@ -134,7 +167,7 @@ pub struct VmControl {
     threads: Mutex<Option<Vec<libc::pthread_t>>>,
     i8042: Arc<Mutex<I8042>>,
     vcpu_stats: Vec<Arc<VcpuStats>>,
-    block_stats: Vec<Arc<BlockStats>>,
+    counters: DeviceCounters,
     exit: Arc<ExitSignal>,
 }
 
@@ -210,7 +243,12 @@ impl VmControl {
 
     /// Per disk, in the configuration's order, its counters.
     pub fn block_stats(&self) -> Vec<BlockStatsSnapshot> {
-        self.block_stats.iter().map(|s| s.snapshot()).collect()
+        self.counters.block.iter().map(|s| s.snapshot()).collect()
+    }
+
+    /// Every device's counters.
+    pub fn device_counters(&self) -> DeviceCountersSnapshot {
+        self.counters.snapshot()
     }
 
     /// Where the VM's end is reported.

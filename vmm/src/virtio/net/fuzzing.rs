@@ -10,14 +10,14 @@ use std::sync::Arc;
 
 use virtio_queue::{DescriptorChain, Queue};
 
-use crate::virtio::chain::{self, Dir};
-use crate::virtio::ring::Ring;
 use super::rx::{fix_header, Rx, RxState};
 use super::tap::{Offloads, Tap};
 use super::tx::{HostOffloads, Tx};
 use super::worker::Io;
 use super::{NetStats, NetStatsSnapshot, RX_QUEUE, TX_QUEUE};
 use crate::memory::GuestMemoryMmap;
+use crate::virtio::chain::{self, Dir};
+use crate::virtio::ring::Ring;
 use crate::virtio::VirtioInterrupt;
 
 /// Checks and collects `chain` as a queue of the device does: the

@@ -29,6 +29,8 @@
 
 mod conn;
 mod device;
+#[cfg(feature = "fuzzing")]
+pub mod fuzzing;
 mod muxer;
 mod packet;
 mod unix;

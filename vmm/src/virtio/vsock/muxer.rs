@@ -82,12 +82,12 @@ impl Muxer {
         })
     }
 
-    #[cfg(test)]
+    #[cfg(any(test, feature = "fuzzing"))]
     pub(super) fn connections(&self) -> usize {
         self.conns.len()
     }
 
-    #[cfg(test)]
+    #[cfg(any(test, feature = "fuzzing"))]
     pub(super) fn pending_resets(&self) -> usize {
         self.resets.len()
     }

@@ -122,13 +122,7 @@ fn event_loop(w: &mut Worker) -> std::io::Result<()> {
                     }
                     tx_kick = true;
                 }
-                TOKEN_LISTENER => w.muxer.on_listener(),
-                t if t >= STREAM_TOKEN => {
-                    // Tokens are built from fds, which fit an i32.
-                    let fd = (t - STREAM_TOKEN) as RawFd;
-                    w.muxer.on_stream(fd, ev.event_set());
-                }
-                _ => {}
+                _ => host_event(&mut w.muxer, ev),
             }
         }
         let now = Instant::now();
@@ -146,6 +140,19 @@ fn event_loop(w: &mut Worker) -> std::io::Result<()> {
         if rx_kick || w.muxer.has_rx_work() {
             rx_more = process_rx(a, &mut w.muxer, &w.stats);
         }
+    }
+}
+
+/// An event of the listening socket or of a connection's stream.
+pub(super) fn host_event(muxer: &mut Muxer, ev: &EpollEvent) {
+    match ev.data() {
+        TOKEN_LISTENER => muxer.on_listener(),
+        t if t >= STREAM_TOKEN => {
+            // Tokens are built from fds, which fit an i32.
+            let fd = (t - STREAM_TOKEN) as RawFd;
+            muxer.on_stream(fd, ev.event_set());
+        }
+        _ => {}
     }
 }
 
@@ -186,7 +193,7 @@ fn control(w: &mut Worker, active: &mut Option<Box<Active>>) -> std::io::Result<
 }
 
 /// Guest packets to the muxer; true when the budget ran out first.
-fn process_tx(a: &mut Active, muxer: &mut Muxer, stats: &VsockStats) -> bool {
+pub(super) fn process_tx(a: &mut Active, muxer: &mut Muxer, stats: &VsockStats) -> bool {
     let mut served = 0;
     let mut idle_rounds = 0;
     let more = loop {
@@ -249,7 +256,7 @@ fn tx_packet(a: &Active, muxer: &mut Muxer, stats: &VsockStats, bufs: &chain::Bu
 
 /// The muxer's packets into receive buffers; true when the budget ran out
 /// with more to send.
-fn process_rx(a: &mut Active, muxer: &mut Muxer, stats: &VsockStats) -> bool {
+pub(super) fn process_rx(a: &mut Active, muxer: &mut Muxer, stats: &VsockStats) -> bool {
     let mut served = 0;
     let mut idle_rounds = 0;
     while muxer.has_rx_work() && served < BUDGET {
