@@ -1,13 +1,15 @@
 //! Hostile guests: the probe's `hostile` mode (guests/probe README) throws
 //! a seeded stream of garbage at utsuwa (random port and MMIO accesses,
 //! PCI configuration writes, malformed virtqueues and descriptor chains,
-//! notify storms) for a few seconds, while a second, well-behaved VM runs
-//! the probe's machine checks at the same time.
+//! notify storms) for a few seconds, at every kind of device (disk, NIC,
+//! rng, vsock), while a second, well-behaved VM runs the probe's machine
+//! checks at the same time.
 //!
 //! Per seed: utsuwa must not panic, must end by itself within the time
 //! limit, and must end cleanly (exit 0, or exit 1 with its one-line
 //! `utsuwa: error: ...`; never a signal); the neighbour must pass all its
-//! checks. Replay a failure with the seed printed (`probe.hostile_seed=S`).
+//! checks. Replay a failure with the seed printed (`probe.hostile_seed=S`);
+//! run more seeds with `UTSUWA_HOSTILE_SEEDS` (see `more_seeds`).
 
 mod support;
 
@@ -17,6 +19,8 @@ use std::process::Command;
 use std::sync::Mutex;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
+use support::net::{self, NetNs};
+use support::vsock::SockDir;
 use support::{assert_checks_pass, probe, run_with_limit, Outcome, UTSUWA};
 
 /// How long the hostile stream runs inside the guest.
@@ -53,12 +57,34 @@ fn hostile(seed: u64) {
     file.set_len(16 << 20).expect("size scratch image");
     drop(file);
 
-    let mut bad = Command::new(UTSUWA);
-    bad.arg("run")
-        .args(["--kernel", elf.to_str().unwrap()])
+    // Every kind of device: a disk, rng, vsock, and a NIC on a TAP that
+    // utsuwa creates inside a namespace of the test's own (when this host
+    // can make one).
+    let socks = SockDir::new();
+    let ns = match net::unavailable() {
+        None => Some(NetNs::new().expect("a network namespace")),
+        Some(why) => {
+            eprintln!("no NIC in the hostile VM: {why}");
+            None
+        }
+    };
+    let mut bad = match &ns {
+        Some(ns) => {
+            let mut cmd = ns.command(UTSUWA);
+            cmd.arg("run").args(["--net", "tap=hostile0"]);
+            cmd
+        }
+        None => {
+            let mut cmd = Command::new(UTSUWA);
+            cmd.arg("run");
+            cmd
+        }
+    };
+    bad.args(["--kernel", elf.to_str().unwrap()])
         .args(["--cpus", "2", "--memory", "256M", "--rng"])
         .arg("--disk")
         .arg(format!("path={}", image.0.to_str().unwrap()))
+        .arg(format!("--vsock=cid=3,socket={}", socks.socket().display()))
         .arg("--cmdline")
         .arg(format!(
             "probe.checks=hostile probe.hostile_seed={seed} probe.hostile_ms={HOSTILE_MS}"
@@ -148,4 +174,39 @@ fn hostile_seed_2() {
 #[test]
 fn hostile_seed_decafbad() {
     hostile(0xdeca_fbad);
+}
+
+/// More seeds on demand: `UTSUWA_HOSTILE_SEEDS=3,4,0x10 cargo test
+/// --release --test hostile more_seeds`, or `UTSUWA_HOSTILE_SEEDS=random:N`
+/// for N seeds from the clock (each printed for replay).
+#[test]
+fn more_seeds() {
+    let Ok(list) = std::env::var("UTSUWA_HOSTILE_SEEDS") else {
+        eprintln!("skipped: UTSUWA_HOSTILE_SEEDS is not set");
+        return;
+    };
+    let seeds: Vec<u64> = if let Some(n) = list.strip_prefix("random:") {
+        let n: u64 = n.parse().expect("random:N");
+        let base = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .unwrap()
+            .as_nanos() as u64;
+        (0..n)
+            .map(|i| base.wrapping_mul(0x9e37_79b9_7f4a_7c15).wrapping_add(i) >> 16)
+            .collect()
+    } else {
+        list.split(',')
+            .map(|s| {
+                let s = s.trim();
+                match s.strip_prefix("0x") {
+                    Some(hex) => u64::from_str_radix(hex, 16),
+                    None => s.parse(),
+                }
+                .unwrap_or_else(|_| panic!("bad seed '{s}'"))
+            })
+            .collect()
+    };
+    for seed in seeds {
+        hostile(seed);
+    }
 }

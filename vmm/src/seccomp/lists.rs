@@ -284,8 +284,10 @@ pub fn rules(kind: ThreadKind) -> Result<BTreeMap<i64, Vec<SeccompRule>>, String
                     libc::SYS_nanosleep,
                 ],
             );
-            // Offloads put back on a user's TAP when the device goes.
-            add_ioctls(&mut r, &[libc::TUNSETOFFLOAD])?;
+            // Offloads put back on a user's TAP when the device goes, and
+            // the interrupt and doorbell eventfds a device still has
+            // registered with KVM taken back as it is shut down.
+            add_ioctls(&mut r, &[libc::TUNSETOFFLOAD, KVM_IRQFD, KVM_IOEVENTFD])?;
             if kind == ThreadKind::Api {
                 // Serve the listening Unix socket (bound before the VM
                 // started: no new sockets), pause and resume (the guest
