@@ -537,7 +537,7 @@ fn vsock_rows(v: &Value, rows: &mut Vec<Vec<String>>) {
             rows.push(vec![
                 format!("vsock {} KiB packets: {what}", pkt / 1024),
                 fmt(u, d),
-                qemu_na.map_or_else(|| fmt(q, d), |w| format!("n/a ({w})")),
+                qemu_na.map_or_else(|| fmt(q, d), String::from),
                 ratio(u, q),
                 carries.to_string(),
                 src.to_string(),
