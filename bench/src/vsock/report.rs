@@ -89,8 +89,8 @@ pub fn render(ctx: &Context, series: &[Series]) -> (String, Json) {
     if let Some(why) = &ctx.qemu_missing {
         md.push_str(&format!(
             "QEMU is not measured: its virtio-vsock is `vhost-vsock-pci`, which needs the host \
-             kernel's vhost-vsock device, and this host has {why} (no vhost_vsock module: \
-             the kernel has no module tree here). The QEMU column reads \"n/a ({why})\".\n\n"
+             kernel's vhost-vsock device, and this host has {why} (the vhost_vsock \
+             driver is neither loaded nor built in). The QEMU column reads \"n/a ({why})\".\n\n"
         ));
     }
     let qemu_na = ctx.qemu_missing.as_ref().map(|w| format!("n/a ({w})"));
