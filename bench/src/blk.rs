@@ -429,6 +429,12 @@ impl Drop for Scratch {
     }
 }
 
+/// Word `n` (bytes `8n..8n+8`, little-endian) of the probe's pattern of
+/// `seed`: the disk image here, and the vsock benchmark's streams.
+pub fn pattern_word(seed: u64, n: u64) -> u64 {
+    mix64(seed.wrapping_add((n + 1).wrapping_mul(0x9e37_79b9_7f4a_7c15)))
+}
+
 fn mix64(mut z: u64) -> u64 {
     z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
     z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
@@ -444,8 +450,7 @@ pub fn make_image(path: &Path, mib: u64, seed: u64) -> Result<(), String> {
     let mut buf = vec![0u8; 1 << 20];
     for chunk in 0..mib {
         for (i, word) in buf.chunks_exact_mut(8).enumerate() {
-            let n = chunk * (1 << 17) + i as u64;
-            let w = mix64(seed.wrapping_add((n + 1).wrapping_mul(0x9e37_79b9_7f4a_7c15)));
+            let w = pattern_word(seed, chunk * (1 << 17) + i as u64);
             word.copy_from_slice(&w.to_le_bytes());
         }
         f.write_all(&buf).map_err(err)?;

@@ -9,7 +9,7 @@
 //!
 //! This file: arguments, the binaries and guest to use, the environment
 //! the report records, and printing. One module per benchmark (`boot`,
-//! `blk`, `api`, `density`, `exit`, `net`).
+//! `blk`, `api`, `density`, `exit`, `net`, `vsock`).
 
 mod api;
 mod blk;
@@ -25,13 +25,14 @@ mod proc;
 mod report;
 mod stats;
 mod summary;
+mod vsock;
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, ExitCode, Stdio};
 use std::time::Duration;
 
 const USAGE: &str = "\
-usage: utsuwa-bench [boot | blk | api | density | exit | net | charts | suite] [OPTIONS]
+usage: utsuwa-bench [boot | blk | api | density | exit | net | vsock | charts | suite] [OPTIONS]
 
 Benchmarks:
   boot                 time to the guest's first line and to exit, and VMM memory (default)
@@ -42,21 +43,24 @@ Benchmarks:
                        VMM instructions (callgrind) per exit
   net                  virtio-net on a TAP in a network namespace: frames/s and MB/s both
                        ways, ping RTT, VMM CPU and instructions (callgrind) per frame
+  vsock                virtio-vsock stream both ways: MB/s, packets, VMM CPU and
+                       instructions (callgrind) per packet (QEMU only with /dev/vhost-vsock)
   charts               only redraw the charts and summary.md from the JSON files in --out
-  suite                boot, blk, api, density, exit, net, then the charts and summary.md
+  suite                boot, blk, api, density, exit, net, vsock, then the charts and summary.md
 
 Options:
   --runs N             timed runs per case and VMM (default: boot 20, blk 5, api 10,
-                       density 3, exit 3, net 5)
+                       density 3, exit 3, net 5, vsock 5)
   --exits N            exit: exits per measured loop (default 20000)
   --frames N           net: benchmark frames each way per run (default 100000)
+  --vsock-mib N        vsock: MiB each way per run (default 256)
   --qemu-max-k K       density: largest K for QEMU (default 50)
   --memory-runs N      boot: memory runs per case and VMM (default 3)
   --timeout SECS       limit per run; the VMM is killed after it (default 30;
                        runs under callgrind get 10 times as long)
   --image-dir DIR      blk: where the disk image goes (default: the temporary directory)
-  --callgrind-runs N   blk, exit, net: runs of each callgrind measurement (default 3)
-  --no-callgrind       blk, exit, net: skip the callgrind measurements
+  --callgrind-runs N   blk, exit, net, vsock: runs of each callgrind measurement (default 3)
+  --no-callgrind       blk, exit, net, vsock: skip the callgrind measurements
   --out DIR            where to write BENCH.md and BENCH.json (default bench/results)
   --utsuwa PATH        utsuwa binary (default target/release/utsuwa, built if missing)
   --qemu PATH          QEMU binary (default qemu-system-x86_64 on PATH)
@@ -80,6 +84,7 @@ struct Args {
     qemu_max_k: usize,
     exits: u64,
     frames: u64,
+    vsock_mib: u64,
 }
 
 /// The arguments, or None when the user asked for help.
@@ -100,6 +105,7 @@ fn parse_args(mut it: impl Iterator<Item = String>) -> Result<Option<Args>, Stri
         qemu_max_k: 50,
         exits: 20000,
         frames: 100_000,
+        vsock_mib: 256,
     };
     let number = |flag: &str, v: Option<String>| -> Result<usize, String> {
         let v = v.ok_or_else(|| format!("{flag} needs a value"))?;
@@ -108,12 +114,18 @@ fn parse_args(mut it: impl Iterator<Item = String>) -> Result<Option<Args>, Stri
     };
     while let Some(arg) = it.next() {
         match arg.as_str() {
-            "boot" | "blk" | "api" | "density" | "exit" | "net" | "charts" => a.benches.push(arg),
+            "boot" | "blk" | "api" | "density" | "exit" | "net" | "vsock" | "charts" => {
+                a.benches.push(arg)
+            }
             "suite" => a.benches.extend(
-                ["boot", "blk", "api", "density", "exit", "net", "charts"].map(String::from),
+                [
+                    "boot", "blk", "api", "density", "exit", "net", "vsock", "charts",
+                ]
+                .map(String::from),
             ),
             "--exits" => a.exits = number("--exits", it.next())? as u64,
             "--frames" => a.frames = number("--frames", it.next())? as u64,
+            "--vsock-mib" => a.vsock_mib = number("--vsock-mib", it.next())? as u64,
             "--qemu-max-k" => a.qemu_max_k = number("--qemu-max-k", it.next())?,
             "--runs" => a.runs = Some(number("--runs", it.next())?),
             "--memory-runs" => a.memory_runs = number("--memory-runs", it.next())?,
@@ -134,8 +146,16 @@ fn parse_args(mut it: impl Iterator<Item = String>) -> Result<Option<Args>, Stri
             other => return Err(format!("unknown argument '{other}'\n{USAGE}")),
         }
     }
-    if a.runs == Some(0) || a.timeout == 0 || a.callgrind_runs == 0 || a.frames == 0 {
-        return Err("--runs, --timeout, --callgrind-runs and --frames must be at least 1".into());
+    if a.runs == Some(0)
+        || a.timeout == 0
+        || a.callgrind_runs == 0
+        || a.frames == 0
+        || a.vsock_mib == 0
+    {
+        return Err(
+            "--runs, --timeout, --callgrind-runs, --frames and --vsock-mib must be at least 1"
+                .into(),
+        );
     }
     if a.benches.is_empty() {
         a.benches.push("boot".into());
@@ -212,6 +232,7 @@ fn real_main() -> Result<(), String> {
             "density" => run_density(&args, &root, &utsuwa, qemu.as_deref(), &guest, &notes, &out)?,
             "exit" => run_exit(&args, &root, &utsuwa, qemu.as_deref(), &guest, &out)?,
             "net" => run_net(&args, &root, &utsuwa, qemu.as_deref(), &guest, &notes, &out)?,
+            "vsock" => run_vsock(&args, &root, &utsuwa, qemu.as_deref(), &guest, &notes, &out)?,
             "charts" => {
                 let files = charts::draw_all(&out);
                 summary::write(&out, &files)?;
@@ -556,6 +577,91 @@ fn run_net(
     let [md_path, json_path] = report::write(out, "net", &md, &json)?;
     eprintln!(
         "[net] wrote {} and {}",
+        md_path.display(),
+        json_path.display()
+    );
+    Ok(())
+}
+
+fn run_vsock(
+    args: &Args,
+    root: &Path,
+    utsuwa: &Path,
+    qemu: Option<&Path>,
+    guest: &guest::Guest,
+    notes: &[String],
+    out: &Path,
+) -> Result<(), String> {
+    let mut vmms = vec![boot::Vmm::Utsuwa(utsuwa.to_path_buf())];
+    let mut notes = notes.to_vec();
+    let qemu_missing = match (qemu, vsock::vhost_missing()) {
+        (Some(q), None) => {
+            vmms.push(boot::Vmm::Qemu(q.to_path_buf()));
+            None
+        }
+        (Some(_), Some(why)) => {
+            eprintln!(
+                "[vsock] QEMU left out: vhost-vsock-pci needs {}",
+                vsock::VHOST_VSOCK
+            );
+            Some(why)
+        }
+        (None, Some(why)) => Some(why),
+        (None, None) => {
+            notes.push("QEMU not measured: no QEMU binary (see above).".into());
+            None
+        }
+    };
+    let runs = args.runs.unwrap_or(5);
+    let bytes = args.vsock_mib << 20;
+    let longest = bytes.max(vsock::CG_LARGE_MIB << 20);
+    eprintln!("[vsock] making {} MiB of pattern", longest >> 20);
+    let setup = vsock::Setup {
+        runs,
+        bytes,
+        timeout: Duration::from_secs(args.timeout.max(60)),
+        vmms,
+        elf: guest.elf.clone(),
+        cases: vsock::PKTS.map(|pkt| vsock::Case { pkt }).to_vec(),
+        pattern: std::sync::Arc::new(vsock::peer::pattern(longest as usize)),
+    };
+    let mut env = environment(root, utsuwa, qemu, guest);
+    env.push((
+        "vhost-vsock".into(),
+        qemu_missing
+            .clone()
+            .unwrap_or_else(|| vsock::VHOST_VSOCK.into()),
+    ));
+    let date = report::utc_now();
+    let series = vsock::run(&setup);
+    let callgrind = callgrind_setup(args, &mut env).map(|(valgrind, dir)| {
+        vsock::callgrind(
+            &setup,
+            &vsock::Callgrind {
+                valgrind,
+                runs: args.callgrind_runs,
+                timeout: Duration::from_secs(args.timeout * 10),
+                dir: dir.0.clone(),
+            },
+        )
+    });
+    env.push(("load average after".into(), first_line("/proc/loadavg")));
+    let ctx = vsock::report::Context {
+        date,
+        runs,
+        bytes,
+        timeout_s: setup.timeout.as_secs(),
+        environment: env,
+        notes,
+        qemu_missing,
+        callgrind,
+        callgrind_runs: args.callgrind_runs,
+    };
+    let (md, json) = vsock::report::render(&ctx, &series);
+    println!("{md}");
+    let [md_path, json_path] = report::write(out, "vsock", &md, &json)?;
+    eprintln!(
+        "[vsock] wrote {} and {}",
         md_path.display(),
         json_path.display()
     );

@@ -1,5 +1,5 @@
 //! `summary.md`: one table of the headline figures from whichever result
-//! files exist (boot, blk, api, density, exit, net), links to every report and
+//! files exist (boot, blk, api, density, exit, net, vsock), links to every report and
 //! chart, the command that reproduces them, and which figures carry over
 //! from this PVM host to hardware virtualization.
 
@@ -39,6 +39,7 @@ pub fn write(dir: &Path, charts: &[(String, Result<PathBuf, String>)]) -> Result
     let density = load(dir, "density.json");
     let exit = load(dir, "exit.json");
     let net = load(dir, "net.json");
+    let vsock = load(dir, "vsock.json");
     let mut rows: Vec<Vec<String>> = Vec::new();
     let mut row =
         |what: &str, u: Option<f64>, q: Option<f64>, d: usize, carries: &str, src: &str| {
@@ -337,6 +338,9 @@ pub fn write(dir: &Path, charts: &[(String, Result<PathBuf, String>)]) -> Result
             );
         }
     }
+    if let Some(v) = &vsock {
+        vsock_rows(v, &mut rows);
+    }
     let mut md = String::new();
     md.push_str("# utsuwa benchmark summary\n\n");
     md.push_str(&format!(
@@ -365,6 +369,7 @@ pub fn write(dir: &Path, charts: &[(String, Result<PathBuf, String>)]) -> Result
         ("density", &density),
         ("exit", &exit),
         ("net", &net),
+        ("vsock", &vsock),
     ]
     .iter()
     .filter_map(|(n, v)| Some(format!("{n} {}", v.as_ref()?["date"].as_str()?)))
@@ -453,6 +458,8 @@ pub fn write(dir: &Path, charts: &[(String, Result<PathBuf, String>)]) -> Result
         "exit.json",
         "net.md",
         "net.json",
+        "vsock.md",
+        "vsock.json",
         "startup.md",
         "boot-startup.png",
         "memory.png",
@@ -468,6 +475,75 @@ pub fn write(dir: &Path, charts: &[(String, Result<PathBuf, String>)]) -> Result
     std::fs::write(&path, md).map_err(|e| format!("{}: {e}", path.display()))?;
     eprintln!("[suite] wrote {}", path.display());
     Ok(())
+}
+
+/// The vsock rows: QEMU's cell says why it is missing when vhost-vsock was.
+fn vsock_rows(v: &Value, rows: &mut Vec<Vec<String>>) {
+    let qemu_na = v["qemu"].as_str().filter(|q| *q != "measured");
+    let src = "[vsock](vsock.md)";
+    for pkt in [65536u64, 4096] {
+        let pick = |vmm: &str| find(v, |r| r["pkt"].as_u64() == Some(pkt) && r["vmm"] == vmm);
+        let cg = |vmm: &str| {
+            let case = &pick(vmm)?["case"];
+            v["callgrind"]
+                .as_array()?
+                .iter()
+                .find(|c| c["vmm"] == vmm && c["case"] == *case)?["instructions_per_unit"]
+                .as_f64()
+        };
+        for (what, key, d, carries) in [
+            (
+                "guest→host (MB/s)",
+                "g2h_mbps",
+                0,
+                "no: bounded by PVM's exits and the guest's pattern work",
+            ),
+            (
+                "host→guest (MB/s)",
+                "h2g_mbps",
+                0,
+                "no: bounded by PVM's exits and the guest's pattern work",
+            ),
+            (
+                "VMM CPU per packet, user+system (µs)",
+                "vmm_us_per_packet",
+                2,
+                "partly: the system share includes PVM's exits",
+            ),
+            (
+                "VMM user CPU per packet (µs)",
+                "vmm_user_us_per_packet",
+                2,
+                "yes: the VMM's own work",
+            ),
+            (
+                "VMM instructions per packet (callgrind)",
+                "",
+                0,
+                "yes: the VMM's own work, in user space",
+            ),
+        ] {
+            let get = |vmm: &str| {
+                if key.is_empty() {
+                    cg(vmm)
+                } else {
+                    pick(vmm).and_then(|r| med(r, key))
+                }
+            };
+            let (u, q) = (get("utsuwa"), get("qemu"));
+            if u.is_none() {
+                continue;
+            }
+            rows.push(vec![
+                format!("vsock {} KiB packets: {what}", pkt / 1024),
+                fmt(u, d),
+                qemu_na.map_or_else(|| fmt(q, d), String::from),
+                ratio(u, q),
+                carries.to_string(),
+                src.to_string(),
+            ]);
+        }
+    }
 }
 
 #[cfg(test)]
