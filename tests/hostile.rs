@@ -192,7 +192,7 @@ fn more_seeds() {
             .unwrap()
             .as_nanos() as u64;
         (0..n)
-            .map(|i| base.wrapping_mul(0x9e37_79b9_7f4a_7c15).wrapping_add(i) >> 16)
+            .map(|i| base.wrapping_add(i).wrapping_mul(0x9e37_79b9_7f4a_7c15) >> 16)
             .collect()
     } else {
         list.split(',')
