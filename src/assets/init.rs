@@ -18,8 +18,11 @@
 //!   before the end marker belongs to the marker), then powers off.
 //!   [`parse_cmd_output`] takes it apart. `rc=125` means the token did not
 //!   decode.
-//! * Without one, `/init` prints `UTSUWA-READY` and runs an interactive shell
-//!   on the console with job control; the guest powers off when it exits.
+//! * Without one, `/init` hands PID 1 to busybox init, which runs the
+//!   session (`/init console`: prints `UTSUWA-READY`, an interactive shell
+//!   on the console with job control, power-off when it exits) and answers
+//!   Ctrl-Alt-Del (`/init ctrlaltdel`) with a clean reboot; `poweroff` and
+//!   `reboot` work with or without `-f`.
 //!
 //! Either way, failures to load a module are printed as
 //! `utsuwa-init: insmod <name> failed (required|optional): <why>`.

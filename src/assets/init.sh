@@ -8,6 +8,28 @@
 export PATH=/bin:/sbin:/usr/bin:/usr/sbin
 export HOME=/root
 
+# `/init ctrlaltdel`: busybox init's answer to Ctrl-Alt-Del (see the end of
+# this file): a clean reboot, with every process asked to stop first.
+if [ "$1" = ctrlaltdel ]; then
+    echo "utsuwa-init: Ctrl-Alt-Del: rebooting"
+    exec reboot
+fi
+
+# `/init console <poweroff|reboot>`: the interactive session, started by
+# busybox init (see the end of this file) once the set-up below is done.
+if [ "$1" = console ]; then
+    echo UTSUWA-READY
+    export PS1='utsuwa:\w# '
+    cd /root 2>/dev/null || cd /
+    # A new session whose controlling terminal is the real console device,
+    # so that job control and ^C work.
+    setsid cttyhack sh
+    cd /
+    sync
+    "$2" -f
+    exit 0
+fi
+
 /bin/busybox mount -t proc proc /proc
 /bin/busybox --install -s
 mount -t sysfs sysfs /sys
@@ -74,11 +96,13 @@ if [ -n "$cmd_b64" ]; then
     halt_now
 fi
 
-echo UTSUWA-READY
-export PS1='utsuwa:\w# '
-cd /root 2>/dev/null || cd /
-# A new session whose controlling terminal is the real console device, so
-# that job control and ^C work.
-setsid cttyhack sh
-cd /
-halt_now
+# Interactive: busybox init becomes PID 1 and starts the session. It gives
+# the shell default signal handling (a shell PID 1 could not: its
+# background jobs ignore SIGINT for good), powers off on `poweroff` as well
+# as `poweroff -f`, and turns Ctrl-Alt-Del (the kernel's SIGINT to PID 1,
+# e.g. a VMM's SendCtrlAltDel on the i8042) into a clean reboot.
+cat > /etc/inittab <<EOF
+::once:/init console $exit_with
+::ctrlaltdel:/init ctrlaltdel
+EOF
+exec /bin/busybox init

@@ -168,3 +168,50 @@ fn boots_with_a_disk_a_nic_and_vsock_through_curl() {
     );
     drop(ns);
 }
+
+/// SendCtrlAltDel reboots a Linux guest through the i8042: Debian's kernel
+/// with the default initramfs (busybox init answers Ctrl-Alt-Del with a
+/// clean reboot; `reboot=k` resets through the keyboard controller), and
+/// utsuwa ends as it does on a guest reset. Needs VT-x/AMD-V.
+#[test]
+fn linux_reboots_on_send_ctrl_alt_del() {
+    if !crate::support::hardware_virtualization() {
+        eprintln!("skipped: this host's /dev/kvm has no hardware virtualization (PVM or none), so Linux cannot boot");
+        return;
+    }
+    let guest =
+        utsuwa::assets::ensure(&utsuwa::assets::default_cache_dir()).expect("default guest assets");
+    let scratch = Scratch::new("api", "linux-cad");
+    let api = scratch.path().join("api.sock");
+    let mut cmd = Command::new(UTSUWA);
+    cmd.arg("--api-sock").arg(&api);
+    let mut s = Server::spawn(cmd, api.clone());
+    put(
+        &api,
+        "/machine-config",
+        json!({ "vcpu_count": 1, "mem_size_mib": 256 }),
+    );
+    put(
+        &api,
+        "/boot-source",
+        json!({
+            "kernel_image_path": guest.kernel, "initrd_path": guest.initrd,
+            "boot_args": "console=ttyS0 reboot=k panic=1 pci=off"
+        }),
+    );
+    put(&api, "/actions", json!({ "action_type": "InstanceStart" }));
+    assert!(
+        s.wait_stdout("UTSUWA-READY", Duration::from_secs(60)),
+        "{}",
+        s.dump()
+    );
+    put(&api, "/actions", json!({ "action_type": "SendCtrlAltDel" }));
+    let status = s.wait(Duration::from_secs(60));
+    assert!(status.success(), "{}", s.dump());
+    assert!(
+        s.stdout().contains("utsuwa-init: Ctrl-Alt-Del: rebooting"),
+        "{}",
+        s.dump()
+    );
+    assert!(s.last_stderr_line().contains("reset"), "{}", s.dump());
+}
