@@ -181,10 +181,8 @@ fn the_end_of_the_session_ends_the_machine() {
     let unshare = start(&root.0);
     let (_, shell) = session(&unshare);
     // SAFETY: kill(2) on the session's shell, a process this test started.
-    assert_eq!(
-        unsafe { libc::kill(shell as libc::pid_t, libc::SIGKILL) },
-        0
-    );
+    let killed = unsafe { libc::kill(shell as libc::pid_t, libc::SIGKILL) };
+    assert_eq!(killed, 0);
     let (status, out) = finish(unshare);
     // This host's kernel log has no ACPI S5 line, so the script reboots
     // (-f: at once); a guest with ACPI powers off.
