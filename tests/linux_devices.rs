@@ -6,10 +6,12 @@
 //! and `/dev/hwrng`. Like `linux_guest.rs`, these need hardware
 //! virtualization and say they were skipped elsewhere.
 //!
-//! Not here: vsock from a Linux guest. Its kernel side is in the
-//! initramfs (the vsock modules load), but busybox has no AF_VSOCK client
-//! and Debian ships no static `socat`; the device is covered by the test
-//! guest (`tests/vsock.rs`) and the unit tests.
+//! vsock from Linux: busybox has no AF_VSOCK client and Debian ships no
+//! static `socat`, so the test builds `guests/vsock-tool/vsock.rs` (a
+//! minimal vsock netcat, std only) statically with rustc and appends it to
+//! the default initramfs (the kernel unpacks concatenated archives); the
+//! guest then echoes 10 MiB through a host service at `PATH_5000` and
+//! receives 10 MiB from a host program that `CONNECT`s to it.
 
 mod support;
 
@@ -303,4 +305,168 @@ fn linux_reads_dev_hwrng() {
     );
     assert_eq!(lines.get(1).map(|l| l.trim()), Some("1048576"), "{output}");
     assert_ne!(lines.get(2), lines.get(3), "two reads were alike\n{output}");
+}
+
+/// The vsock tool, built statically, in a cpio archive of its own
+/// (`bin/vsock`) appended to the default initramfs: the new initrd's path.
+fn initrd_with_vsock_tool(dir: &Path) -> std::path::PathBuf {
+    let guest = assets::ensure(&assets::default_cache_dir()).expect("default guest assets");
+    let root = dir.join("extra");
+    std::fs::create_dir_all(root.join("bin")).unwrap();
+    let tool = concat!(env!("CARGO_MANIFEST_DIR"), "/guests/vsock-tool/vsock.rs");
+    let built = Command::new("rustc")
+        .args([
+            "-O",
+            "-C",
+            "target-feature=+crt-static",
+            "-C",
+            "strip=symbols",
+            tool,
+            "-o",
+        ])
+        .arg(root.join("bin/vsock"))
+        .status()
+        .expect("rustc");
+    assert!(built.success(), "building the vsock tool");
+    let mut cpio = Command::new(guest.initrd.with_file_name("busybox"))
+        .args(["cpio", "-o", "-H", "newc"])
+        .current_dir(&root)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()
+        .expect("busybox cpio");
+    cpio.stdin
+        .take()
+        .unwrap()
+        .write_all(b"bin/vsock\n")
+        .unwrap();
+    let archive = cpio.wait_with_output().unwrap();
+    assert!(archive.status.success());
+    let mut initrd = std::fs::read(&guest.initrd).unwrap();
+    initrd.extend_from_slice(&archive.stdout);
+    let path = dir.join("initrd.cpio");
+    std::fs::write(&path, initrd).unwrap();
+    path
+}
+
+#[test]
+fn linux_talks_to_the_host_over_vsock_both_ways() {
+    if skipped() {
+        return;
+    }
+    let dir = std::env::temp_dir().join(format!("utsuwa-linux-vsock-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    let initrd = initrd_with_vsock_tool(&dir);
+    let sock = dir.join("v.sock");
+    const BYTES: usize = 10 * MIB;
+
+    // Guest to host: an echo service at PATH_5000.
+    let service = std::os::unix::net::UnixListener::bind(dir.join("v.sock_5000")).unwrap();
+    let echo = std::thread::spawn(move || {
+        let (mut s, _) = service.accept().expect("the guest's connection");
+        let mut r = s.try_clone().unwrap();
+        let n = std::io::copy(&mut r, &mut s).expect("echo");
+        s.shutdown(std::net::Shutdown::Write).unwrap();
+        n
+    });
+    // Host to guest: connect until the guest listens, then send.
+    let host_sock = sock.clone();
+    let sender = std::thread::spawn(move || {
+        let deadline = Instant::now() + Duration::from_secs(120);
+        while Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(200));
+            let Ok(mut s) = std::os::unix::net::UnixStream::connect(&host_sock) else {
+                continue;
+            };
+            s.write_all(b"CONNECT 6000\n").unwrap();
+            let mut line = String::new();
+            let _ = BufReader::new(s.try_clone().unwrap()).read_line(&mut line);
+            if !line.starts_with("OK ") {
+                continue;
+            }
+            pattern(BYTES, &mut s);
+            s.shutdown(std::net::Shutdown::Write).unwrap();
+            return true;
+        }
+        false
+    });
+
+    let cmd = format!(
+        "set -e; head -c {BYTES} /dev/urandom > /tmp/a; echo sent $(md5sum < /tmp/a); \
+         echo echoed $(vsock connect 2 5000 < /tmp/a | md5sum); \
+         vsock listen 6000 < /dev/null > /tmp/b; echo got $(md5sum < /tmp/b)"
+    );
+    let sock_arg = format!("cid=3,socket={}", sock.display());
+    let mut vmm = Command::new(UTSUWA);
+    vmm.arg("run");
+    let guest = assets::ensure(&assets::default_cache_dir()).expect("default guest assets");
+    let out = {
+        vmm.arg("--kernel")
+            .arg(&guest.kernel)
+            .arg("--initrd")
+            .arg(&initrd)
+            .args([
+                "--cpus",
+                "2",
+                "--memory",
+                "512M",
+                "--vsock",
+                &sock_arg,
+                "--cmdline",
+            ])
+            .arg(format!(
+                "console=ttyS0 reboot=k panic=1 {}",
+                encode_cmd(&cmd)
+            ));
+        run_with_limit(vmm, Duration::from_secs(180))
+    };
+    let (output, rc) = parse_cmd_output(out.stdout.as_bytes())
+        .unwrap_or_else(|| panic!("no command output\n{}", out.dump()));
+    let output = String::from_utf8_lossy(&output).into_owned();
+    assert_eq!(rc, 0, "{output}\n{}", out.dump());
+    let word = |key: &str| -> String {
+        output
+            .lines()
+            .find_map(|l| l.strip_prefix(key))
+            .and_then(|rest| rest.split_whitespace().next())
+            .unwrap_or("")
+            .to_string()
+    };
+    assert_eq!(word("echoed "), word("sent "), "{output}");
+    assert_eq!(echo.join().unwrap(), BYTES as u64);
+    assert!(sender.join().unwrap(), "the guest never listened\n{output}");
+    assert_eq!(word("got "), md5_of(|w| pattern(BYTES, w)), "{output}");
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
+/// The part of the vsock test that runs anywhere: the tool builds
+/// statically, runs, and rides at the end of the initramfs.
+#[test]
+fn the_vsock_tool_builds_and_rides_in_the_initramfs() {
+    let dir = std::env::temp_dir().join(format!("utsuwa-vsock-tool-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    let initrd = initrd_with_vsock_tool(&dir);
+    let tool = dir.join("extra/bin/vsock");
+    let file = Command::new("file").arg(&tool).output();
+    if let Ok(f) = file {
+        let text = String::from_utf8_lossy(&f.stdout).into_owned();
+        assert!(
+            text.contains("statically linked") || text.contains("static-pie"),
+            "{text}"
+        );
+    }
+    let usage = Command::new(&tool).output().unwrap();
+    assert_eq!(usage.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&usage.stderr).contains("usage: vsock connect"));
+    let guest = assets::ensure(&assets::default_cache_dir()).unwrap();
+    let base = std::fs::metadata(&guest.initrd).unwrap().len();
+    let all = std::fs::read(&initrd).unwrap();
+    assert!(all.len() as u64 > base + 100_000, "the tool is appended");
+    // The appended archive names the file, newc format.
+    let tail = &all[base as usize..];
+    assert!(tail.starts_with(b"070701"), "a newc archive follows");
+    assert!(tail.windows(10).any(|w| w == b"bin/vsock\0"));
+    std::fs::remove_dir_all(&dir).unwrap();
 }
