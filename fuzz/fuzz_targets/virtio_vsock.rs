@@ -22,11 +22,26 @@ use utsuwa_fuzz::{guest_memory, write_payload, FuzzQueue, Input};
 use vmm::fuzzing::vsock::VsockRig;
 use vmm::virtio::vsock::{HEADER_LEN, MAX_CONNS, MAX_PAYLOAD};
 
+static DIR: OnceLock<PathBuf> = OnceLock::new();
+
+/// libFuzzer ends the process with exit(): the scratch folder goes then.
+extern "C" fn remove_dir() {
+    if let Some(d) = DIR.get() {
+        let _ = std::fs::remove_dir_all(d);
+    }
+}
+
+extern "C" {
+    fn atexit(f: extern "C" fn()) -> i32;
+}
+
 fn dir() -> &'static PathBuf {
-    static DIR: OnceLock<PathBuf> = OnceLock::new();
     DIR.get_or_init(|| {
         let d = std::env::temp_dir().join(format!("utsuwa-fuzz-vsock-{}", std::process::id()));
         std::fs::create_dir_all(&d).expect("scratch folder");
+        // SAFETY: atexit(3) with a function that stays valid for the whole
+        // process and only removes a folder.
+        unsafe { atexit(remove_dir) };
         d
     })
 }
