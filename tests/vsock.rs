@@ -258,17 +258,24 @@ fn guest_to_host_echo_one_and_four_connections() {
     }
 }
 
-/// The guest listens and accepts `n`; the host opens them all at once and
-/// pushes `bytes` on each.
-fn host_to_guest(n: u32, bytes: usize, extra: &str) -> (Outcome, Vec<HostConn>) {
-    let dir = SockDir::new();
+/// A VM whose guest listens on PORT and accepts `n` connections, and the
+/// guest's "listening" line once it came (None: it never did).
+fn listening_vm(dir: &SockDir, n: u32, extra: &str) -> (Vm, Option<String>) {
     let vm = Vm::start(
-        &dir,
+        dir,
         &format!("probe.vsock_listen={PORT} probe.vsock_accept={n} {extra}"),
     );
     let ready = vm
         .live
         .wait_for("PROBE vsock listening", Duration::from_secs(30));
+    (vm, ready)
+}
+
+/// The guest listens and accepts `n`; the host opens them all at once and
+/// pushes `bytes` on each.
+fn host_to_guest(n: u32, bytes: usize, extra: &str) -> (Outcome, Vec<HostConn>) {
+    let dir = SockDir::new();
+    let (vm, ready) = listening_vm(&dir, n, extra);
     let mut hosts = Vec::new();
     if ready.is_some() {
         let threads: Vec<_> = (0..n)
@@ -415,13 +422,7 @@ fn connect_to_a_port_nobody_listens_on_gets_no_ok() {
         return;
     }
     let dir = SockDir::new();
-    let vm = Vm::start(
-        &dir,
-        &format!("probe.vsock_listen={PORT} probe.vsock_accept=1"),
-    );
-    let ready = vm
-        .live
-        .wait_for("PROBE vsock listening", Duration::from_secs(30));
+    let (vm, ready) = listening_vm(&dir, 1, "");
     let (_s, refused) = request(&dir.socket(), format!("CONNECT {}\n", PORT + 1).as_bytes());
     let good = connect_and_echo(&dir.socket(), PORT, 0, 65536);
     let out = vm.finish();
@@ -440,13 +441,7 @@ fn a_malformed_connect_line_is_refused() {
         return;
     }
     let dir = SockDir::new();
-    let vm = Vm::start(
-        &dir,
-        &format!("probe.vsock_listen={PORT} probe.vsock_accept=1"),
-    );
-    let ready = vm
-        .live
-        .wait_for("PROBE vsock listening", Duration::from_secs(30));
+    let (vm, ready) = listening_vm(&dir, 1, "");
     let mut answers = Vec::new();
     for bad in [
         "CONNECT abc\n",
