@@ -4,7 +4,8 @@
 //! teardown are the same in both and cancel out, so
 //! `(Ir(large) − Ir(small)) / (units(large) − units(small))` is what one
 //! more unit costs the VMM in user space (all its threads; callgrind sees
-//! neither the kernel nor the guest). Used by `exit` and `net`.
+//! neither the kernel nor the guest). Used by `exit`, `net` and `vsock`,
+//! whose reports show its table (`section`).
 
 use std::path::PathBuf;
 use std::time::Instant;
@@ -149,6 +150,34 @@ pub fn run(
         began.elapsed().as_secs_f64()
     );
     out
+}
+
+/// The report's callgrind part: the table (`table`), any rows `more`
+/// adds below it, every failed run, or why nothing was measured; returns
+/// the JSON of it.
+pub fn section(
+    md: &mut String,
+    measured: &Result<Vec<Measured>, String>,
+    unit: &str,
+    more: impl FnOnce(&[Measured]) -> String,
+) -> Json {
+    match measured {
+        Ok(m) => {
+            md.push_str(&table(m, unit));
+            md.push_str(&more(m));
+            for m in m {
+                for e in m.errors() {
+                    md.push_str(&format!("\n- {} {}: {e}", m.item.vmm, m.item.case));
+                }
+            }
+            md.push('\n');
+            json(m)
+        }
+        Err(e) => {
+            md.push_str(&format!("Not measured: {e}\n"));
+            Json::obj([("error", Json::str(e.clone()))])
+        }
+    }
 }
 
 /// Markdown rows: case, VMM, instructions per unit (median of medians'

@@ -24,7 +24,7 @@ use crate::boot::{Case, Image, Vmm};
 use crate::cgdiff;
 use crate::proc::{self, Timed};
 use crate::report::{self, Json};
-use crate::stats::Summary;
+use crate::stats::{self, median_cell, runs_ok, Metric};
 
 pub const MEM_MIB: u64 = 128;
 const WARMUP: u64 = 2000;
@@ -52,6 +52,8 @@ pub struct Sample {
     pub line: Option<String>,
     pub error: Option<String>,
 }
+
+stats::outcome!(Sample);
 
 fn plan(kind: &str, n: u64) -> String {
     format!("probe.checks=none probe.exit_loop={kind}:{WARMUP} probe.exit_loop={kind}:{n} probe.exit=halt")
@@ -227,8 +229,7 @@ pub fn run(setup: &Setup) -> Vec<Series> {
     out
 }
 
-type Metric = (&'static str, fn(&Sample) -> Option<f64>);
-const METRICS: [Metric; 4] = [
+const METRICS: [Metric<Sample>; 4] = [
     ("guest_ns_per_exit", |s| s.guest_ns_per_exit),
     ("vmm_ns_per_exit", |s| {
         Some(s.vmm_user_ns_per_exit? + s.vmm_sys_ns_per_exit?)
@@ -236,15 +237,6 @@ const METRICS: [Metric; 4] = [
     ("vmm_user_ns_per_exit", |s| s.vmm_user_ns_per_exit),
     ("vmm_sys_ns_per_exit", |s| s.vmm_sys_ns_per_exit),
 ];
-
-fn summ(samples: &[Sample], f: fn(&Sample) -> Option<f64>) -> Option<Summary> {
-    let v: Vec<f64> = samples
-        .iter()
-        .filter(|s| s.error.is_none())
-        .filter_map(f)
-        .collect();
-    Summary::of(&v)
-}
 
 pub fn render(
     date: &str,
@@ -262,25 +254,21 @@ pub fn render(
          without the instruction counts).\n\n",
         setup.runs, setup.n, setup.runs
     ));
-    let cell = |s: Option<Summary>| s.map_or("–".into(), |s| format!("{:.0}", s.median));
     let mut rows = Vec::new();
     for s in series {
-        let failed = s.samples.iter().filter(|x| x.error.is_some()).count();
         let io = s
             .samples
             .iter()
             .find_map(|x| x.line.as_deref().and_then(|l| field(l, "io")))
             .unwrap_or_default();
-        rows.push(vec![
-            s.kind.to_string(),
-            s.vmm.to_string(),
-            cell(summ(&s.samples, METRICS[0].1)),
-            cell(summ(&s.samples, METRICS[1].1)),
-            cell(summ(&s.samples, METRICS[2].1)),
-            cell(summ(&s.samples, METRICS[3].1)),
-            io,
-            format!("{}/{}", s.samples.len() - failed, s.samples.len()),
-        ]);
+        let mut row = vec![s.kind.to_string(), s.vmm.to_string()];
+        row.extend(
+            METRICS
+                .iter()
+                .map(|(_, f)| median_cell(stats::summarise(&s.samples, f), 0)),
+        );
+        row.extend([io, runs_ok(&s.samples)]);
+        rows.push(row);
     }
     md.push_str(&report::table(
         &[
@@ -316,73 +304,23 @@ pub fn render(
          and not the guest. Median of each size; min–max over runs paired by number.\n\n",
         CG_LARGE - CG_SMALL
     ));
-    let cg_json = match cg {
-        Ok(m) => {
-            md.push_str(&cgdiff::table(m, "exit"));
-            for m in m {
-                for e in m.errors() {
-                    md.push_str(&format!("\n- {} {}: {e}", m.item.vmm, m.item.case));
-                }
-            }
-            md.push('\n');
-            cgdiff::json(m)
-        }
-        Err(e) => {
-            md.push_str(&format!("Not measured: {e}\n"));
-            Json::obj([("error", Json::str(e.clone()))])
-        }
-    };
-    let errors: Vec<String> = series
-        .iter()
-        .flat_map(|s| {
-            s.samples.iter().filter_map(move |x| {
-                x.error
-                    .as_ref()
-                    .map(|e| format!("- {} {} run {}: {e}", s.vmm, s.kind, x.run))
-            })
-        })
-        .collect();
-    if !errors.is_empty() {
-        md.push_str("\n## Failures\n\n");
-        md.push_str(&errors.join("\n"));
-        md.push('\n');
-    }
-    md.push_str("\n## Environment\n\n");
-    md.push_str(&report::table(
-        &["what", "value"],
-        &env.iter()
-            .map(|(k, v)| vec![k.clone(), format!("`{v}`")])
-            .collect::<Vec<_>>(),
-    ));
+    let cg_json = cgdiff::section(&mut md, cg, "exit", |_| String::new());
+    report::failures(
+        &mut md,
+        series
+            .iter()
+            .map(|s| (format!("{} {}", s.vmm, s.kind), &s.samples[..])),
+    );
+    md.push_str(&report::environment(env));
     let results = series
         .iter()
         .map(|s| {
-            let mut o: Vec<(String, Json)> = vec![
-                ("kind".into(), Json::str(s.kind)),
-                ("vmm".into(), Json::str(s.vmm)),
-            ];
-            for (k, f) in METRICS {
-                o.push((k.into(), Summary::json(summ(&s.samples, f))));
-            }
-            o.push((
-                "samples".into(),
-                Json::Arr(
-                    s.samples
-                        .iter()
-                        .map(|x| {
-                            let mut so: Vec<(String, Json)> =
-                                vec![("run".into(), Json::Num(x.run as f64))];
-                            for (k, f) in METRICS {
-                                so.push((k.into(), Json::opt(f(x))));
-                            }
-                            so.push(("line".into(), Json::opt_str(x.line.as_deref())));
-                            so.push(("error".into(), Json::opt_str(x.error.as_deref())));
-                            Json::Obj(so)
-                        })
-                        .collect(),
-                ),
-            ));
-            Json::Obj(o)
+            report::series_json(
+                vec![("kind", Json::str(s.kind)), ("vmm", Json::str(s.vmm))],
+                &s.samples,
+                &METRICS,
+                |x| vec![("line", Json::opt_str(x.line.as_deref()))],
+            )
         })
         .collect();
     let json = Json::obj([
@@ -397,10 +335,7 @@ pub fn render(
                 ("memory_mib", Json::Num(MEM_MIB as f64)),
             ]),
         ),
-        (
-            "environment",
-            Json::Obj(env.iter().map(|(k, v)| (k.clone(), Json::str(v))).collect()),
-        ),
+        ("environment", report::environment_json(env)),
         ("results", Json::Arr(results)),
         ("callgrind", cg_json),
     ]);

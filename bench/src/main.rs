@@ -11,6 +11,7 @@
 //! the report records, and printing. One module per benchmark (`boot`,
 //! `blk`, `api`, `density`, `exit`, `net`, `vsock`).
 
+mod alternate;
 mod api;
 mod blk;
 mod boot;
@@ -276,14 +277,7 @@ fn run_boot(
         notes: notes.to_vec(),
     };
     let (md, json) = boot::report::render(&ctx, &series);
-    println!("{md}");
-    let [md_path, json_path] = report::write(out, "boot", &md, &json)?;
-    eprintln!(
-        "[boot] wrote {} and {}",
-        md_path.display(),
-        json_path.display()
-    );
-    Ok(())
+    report::publish(out, "boot", &md, &json)
 }
 
 fn run_blk(
@@ -385,14 +379,7 @@ fn run_blk(
         callgrind_runs: args.callgrind_runs,
     };
     let (md, json) = blk::report::render(&ctx, &series);
-    println!("{md}");
-    let [md_path, json_path] = report::write(out, "blk", &md, &json)?;
-    eprintln!(
-        "[blk] wrote {} and {}",
-        md_path.display(),
-        json_path.display()
-    );
-    Ok(())
+    report::publish(out, "blk", &md, &json)
 }
 
 fn run_api(
@@ -415,14 +402,7 @@ fn run_api(
     let samples = api::run(&setup);
     env.push(("load average after".into(), first_line("/proc/loadavg")));
     let (md, json) = api::render(&date, &env, &samples);
-    println!("{md}");
-    let [md_path, json_path] = report::write(out, "api", &md, &json)?;
-    eprintln!(
-        "[api] wrote {} and {}",
-        md_path.display(),
-        json_path.display()
-    );
-    Ok(())
+    report::publish(out, "api", &md, &json)
 }
 
 fn run_density(
@@ -449,14 +429,7 @@ fn run_density(
     let series = density::run(&setup);
     env.push(("load average after".into(), first_line("/proc/loadavg")));
     let (md, json) = density::render(&date, runs, &env, notes, &series);
-    println!("{md}");
-    let [md_path, json_path] = report::write(out, "density", &md, &json)?;
-    eprintln!(
-        "[density] wrote {} and {}",
-        md_path.display(),
-        json_path.display()
-    );
-    Ok(())
+    report::publish(out, "density", &md, &json)
 }
 
 fn run_exit(
@@ -492,14 +465,7 @@ fn run_exit(
     });
     env.push(("load average after".into(), first_line("/proc/loadavg")));
     let (md, json) = exit::render(&date, &setup, &env, &series, &cg);
-    println!("{md}");
-    let [md_path, json_path] = report::write(out, "exit", &md, &json)?;
-    eprintln!(
-        "[exit] wrote {} and {}",
-        md_path.display(),
-        json_path.display()
-    );
-    Ok(())
+    report::publish(out, "exit", &md, &json)
 }
 
 /// valgrind (recorded in `env`) and a scratch directory for callgrind's
@@ -573,14 +539,7 @@ fn run_net(
         callgrind_runs: args.callgrind_runs,
     };
     let (md, json) = net::report::render(&ctx, &series);
-    println!("{md}");
-    let [md_path, json_path] = report::write(out, "net", &md, &json)?;
-    eprintln!(
-        "[net] wrote {} and {}",
-        md_path.display(),
-        json_path.display()
-    );
-    Ok(())
+    report::publish(out, "net", &md, &json)
 }
 
 fn run_vsock(
@@ -658,14 +617,7 @@ fn run_vsock(
         callgrind_runs: args.callgrind_runs,
     };
     let (md, json) = vsock::report::render(&ctx, &series);
-    println!("{md}");
-    let [md_path, json_path] = report::write(out, "vsock", &md, &json)?;
-    eprintln!(
-        "[vsock] wrote {} and {}",
-        md_path.display(),
-        json_path.display()
-    );
-    Ok(())
+    report::publish(out, "vsock", &md, &json)
 }
 
 /// The workspace root: this package's parent directory.

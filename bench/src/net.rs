@@ -36,6 +36,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use crate::alternate;
 use crate::blk::{callgrind, cpu};
 use crate::boot::{Case as BootCase, Image, Vmm};
 use crate::cgdiff;
@@ -223,12 +224,10 @@ impl Sample {
     }
 }
 
-#[derive(Debug, Clone)]
-pub struct Series {
-    pub vmm: &'static str,
-    pub case: Case,
-    pub samples: Vec<Sample>,
-}
+alternate::sample!(Sample);
+
+/// Everything one VMM produced for one case.
+pub type Series = alternate::Series<Case, Sample>;
 
 const FATAL: &str = "PROBE-FATAL";
 
@@ -313,85 +312,30 @@ fn timed_run_into(setup: &Setup, vmm: &Vmm, case: &Case, s: &mut Sample) -> Resu
     Ok(())
 }
 
-const GIVE_UP_AFTER: usize = 3;
-
-fn failing(samples: &[Sample]) -> bool {
-    samples.len() >= GIVE_UP_AFTER
-        && samples
-            .iter()
-            .rev()
-            .take(GIVE_UP_AFTER)
-            .all(|s| s.error.is_some())
-}
-
 /// Runs every case `runs` times per VMM, VMMs alternating (the first one
 /// swapped every run), printing progress to stderr.
 pub fn run(setup: &Setup) -> Vec<Series> {
-    let mut series: Vec<Series> = setup
-        .cases
-        .iter()
-        .flat_map(|case| {
-            setup.vmms.iter().map(|v| Series {
-                vmm: v.name(),
-                case: *case,
-                samples: vec![],
-            })
-        })
-        .collect();
-    let index = |case: usize, vmm: usize| case * setup.vmms.len() + vmm;
-    let began = Instant::now();
-    for run in 1..=setup.runs {
-        for (c, case) in setup.cases.iter().enumerate() {
-            let mut order: Vec<usize> = (0..setup.vmms.len()).collect();
-            if run % 2 == 0 {
-                order.reverse();
-            }
-            for &v in &order {
-                let vmm = &setup.vmms[v];
-                let s = if failing(&series[index(c, v)].samples) {
-                    Sample {
-                        run,
-                        error: Some(format!("skipped: the last {GIVE_UP_AFTER} runs failed")),
-                        ..Default::default()
-                    }
-                } else {
-                    timed_run(setup, vmm, case, run)
-                };
-                let shown = match (&s.error, &s.bench, s.per_frame_us()) {
-                    (Some(e), _, _) => format!("FAILED: {e}"),
-                    (None, Some(b), Some((u, k))) => format!(
-                        "g2h {:.0} frames/s {:.0} MB/s, h2g {:.0} frames/s {:.0} MB/s, \
-                         rtt {:.0}/{:.0} µs; VMM {u:.2} + {k:.2} µs/frame",
-                        b.g2h_fps, b.g2h_mbps, b.h2g_fps, b.h2g_mbps, b.rtt_min_us, b.rtt_avg_us
-                    ),
-                    _ => "?".into(),
-                };
-                let roles = cpu::by_role(&cpu::usage(&s.cpu_start, &s.cpu_end))
-                    .iter()
-                    .filter(|(_, c)| c.vmm_ms() + c.guest_ms > 0.5)
-                    .map(|(r, c)| {
-                        format!(
-                            "{r} {:.0}+{:.0} (guest {:.0})",
-                            c.user_ms, c.sys_ms, c.guest_ms
-                        )
-                    })
-                    .collect::<Vec<_>>()
-                    .join(", ");
-                eprintln!(
-                    "[net] {run}/{} {} {}: {shown} [ms: {roles}]",
-                    setup.runs,
-                    vmm.name(),
-                    case.name()
-                );
-                series[index(c, v)].samples.push(s);
-            }
-        }
-    }
-    eprintln!(
-        "[net] timed runs done in {:.1} s",
-        began.elapsed().as_secs_f64()
-    );
-    series
+    let progress = |vmm: &Vmm, case: &Case, s: &Sample| {
+        let shown = match (&s.error, &s.bench, s.per_frame_us()) {
+            (Some(e), _, _) => format!("FAILED: {e}"),
+            (None, Some(b), Some((u, k))) => format!(
+                "g2h {:.0} frames/s {:.0} MB/s, h2g {:.0} frames/s {:.0} MB/s, \
+                 rtt {:.0}/{:.0} µs; VMM {u:.2} + {k:.2} µs/frame",
+                b.g2h_fps, b.g2h_mbps, b.h2g_fps, b.h2g_mbps, b.rtt_min_us, b.rtt_avg_us
+            ),
+            _ => "?".into(),
+        };
+        let roles = cpu::roles_line(&s.cpu_start, &s.cpu_end);
+        format!("{} {}: {shown} [ms: {roles}]", vmm.name(), case.name())
+    };
+    alternate::run(
+        "net",
+        setup.runs,
+        &setup.vmms,
+        &setup.cases,
+        |vmm, case, run| timed_run(setup, vmm, case, run),
+        progress,
+    )
 }
 
 /// How the callgrind part runs.

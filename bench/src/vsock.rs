@@ -25,6 +25,7 @@ use std::process::Command;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use crate::alternate;
 use crate::blk::cpu;
 use crate::boot::{Case as BootCase, Image, Vmm};
 use crate::cgdiff;
@@ -201,12 +202,10 @@ impl Sample {
     }
 }
 
-#[derive(Debug, Clone)]
-pub struct Series {
-    pub vmm: &'static str,
-    pub case: Case,
-    pub samples: Vec<Sample>,
-}
+alternate::sample!(Sample);
+
+/// Everything one VMM produced for one case.
+pub type Series = alternate::Series<Case, Sample>;
 
 const FATAL: &str = "PROBE-FATAL";
 
@@ -315,88 +314,33 @@ fn timed_run(setup: &Setup, vmm: &Vmm, case: &Case, run: usize) -> Sample {
     s
 }
 
-const GIVE_UP_AFTER: usize = 3;
-
-fn failing(samples: &[Sample]) -> bool {
-    samples.len() >= GIVE_UP_AFTER
-        && samples
-            .iter()
-            .rev()
-            .take(GIVE_UP_AFTER)
-            .all(|s| s.error.is_some())
-}
-
 /// Runs every case `runs` times per VMM, VMMs alternating, printing
 /// progress to stderr.
 pub fn run(setup: &Setup) -> Vec<Series> {
-    let mut series: Vec<Series> = setup
-        .cases
-        .iter()
-        .flat_map(|case| {
-            setup.vmms.iter().map(|v| Series {
-                vmm: v.name(),
-                case: *case,
-                samples: vec![],
-            })
-        })
-        .collect();
-    let index = |case: usize, vmm: usize| case * setup.vmms.len() + vmm;
-    let began = Instant::now();
-    for run in 1..=setup.runs {
-        for (c, case) in setup.cases.iter().enumerate() {
-            let mut order: Vec<usize> = (0..setup.vmms.len()).collect();
-            if run % 2 == 0 {
-                order.reverse();
-            }
-            for &v in &order {
-                let vmm = &setup.vmms[v];
-                let s = if failing(&series[index(c, v)].samples) {
-                    Sample {
-                        run,
-                        error: Some(format!("skipped: the last {GIVE_UP_AFTER} runs failed")),
-                        ..Default::default()
-                    }
-                } else {
-                    timed_run(setup, vmm, case, run)
-                };
-                let shown = match (&s.error, &s.bench, s.per_packet_us()) {
-                    (Some(e), _, _) => format!("FAILED: {e}"),
-                    (None, Some(b), Some((u, k))) => format!(
-                        "g2h {:.0} MB/s ({:.0} packets), h2g {:.0} MB/s ({:.0} packets); \
-                         VMM {u:.2} + {k:.2} µs/packet",
-                        b.g2h_mbps().unwrap_or(0.0),
-                        b.tx_pkts,
-                        b.h2g_mbps().unwrap_or(0.0),
-                        b.rx_pkts
-                    ),
-                    _ => "?".into(),
-                };
-                let roles = cpu::by_role(&cpu::usage(&s.cpu_start, &s.cpu_end))
-                    .iter()
-                    .filter(|(_, c)| c.vmm_ms() + c.guest_ms > 0.5)
-                    .map(|(r, c)| {
-                        format!(
-                            "{r} {:.0}+{:.0} (guest {:.0})",
-                            c.user_ms, c.sys_ms, c.guest_ms
-                        )
-                    })
-                    .collect::<Vec<_>>()
-                    .join(", ");
-                eprintln!(
-                    "[vsock] {run}/{} {} {}: {shown} [ms: {roles}]",
-                    setup.runs,
-                    vmm.name(),
-                    case.name()
-                );
-                series[index(c, v)].samples.push(s);
-            }
-        }
-    }
-    eprintln!(
-        "[vsock] timed runs done in {:.1} s",
-        began.elapsed().as_secs_f64()
-    );
-    series
+    let progress = |vmm: &Vmm, case: &Case, s: &Sample| {
+        let shown = match (&s.error, &s.bench, s.per_packet_us()) {
+            (Some(e), _, _) => format!("FAILED: {e}"),
+            (None, Some(b), Some((u, k))) => format!(
+                "g2h {:.0} MB/s ({:.0} packets), h2g {:.0} MB/s ({:.0} packets); \
+                 VMM {u:.2} + {k:.2} µs/packet",
+                b.g2h_mbps().unwrap_or(0.0),
+                b.tx_pkts,
+                b.h2g_mbps().unwrap_or(0.0),
+                b.rx_pkts
+            ),
+            _ => "?".into(),
+        };
+        let roles = cpu::roles_line(&s.cpu_start, &s.cpu_end);
+        format!("{} {}: {shown} [ms: {roles}]", vmm.name(), case.name())
+    };
+    alternate::run(
+        "vsock",
+        setup.runs,
+        &setup.vmms,
+        &setup.cases,
+        |vmm, case, run| timed_run(setup, vmm, case, run),
+        progress,
+    )
 }
 
 /// How the callgrind part runs.

@@ -121,6 +121,23 @@ pub fn by_role<'a>(threads: impl IntoIterator<Item = &'a ThreadUse>) -> Vec<(Str
     out
 }
 
+/// CPU by thread role between two readings, for progress lines:
+/// `ROLE USER+SYS (guest GUEST)` in ms, for the roles that used more than
+/// 0.5 ms, comma-separated.
+pub fn roles_line(start: &[ThreadCpu], end: &[ThreadCpu]) -> String {
+    by_role(&usage(start, end))
+        .iter()
+        .filter(|(_, c)| c.vmm_ms() + c.guest_ms > 0.5)
+        .map(|(r, c)| {
+            format!(
+                "{r} {:.0}+{:.0} (guest {:.0})",
+                c.user_ms, c.sys_ms, c.guest_ms
+            )
+        })
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
 /// Threads alive at the first reading but gone at the second.
 pub fn exited(start: &[ThreadCpu], end: &[ThreadCpu]) -> usize {
     start
