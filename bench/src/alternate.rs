@@ -2,12 +2,13 @@
 //! every case `runs` times per VMM, the VMMs one after the other with the
 //! first one swapped every run, a case given up for a VMM after
 //! `GIVE_UP_AFTER` failures in a row, a progress line per run on stderr.
-//! Also the `Series` it returns and the utsuwa/QEMU ratio rows the
-//! reports build from them.
+//! Also the `Series` it returns and the utsuwa/QEMU ratio section the
+//! reports make of them.
 
 use std::time::Instant;
 
 use crate::boot::Vmm;
+use crate::report;
 use crate::stats::{self, Metric, Outcome};
 
 /// A case that failed this many times in a row is not run again.
@@ -110,21 +111,25 @@ pub fn run<C: Copy, S: Sample>(
     series
 }
 
-/// One row per case both utsuwa and QEMU ran: the case's `label`, then
-/// utsuwa's median over QEMU's of each of `keys` (two decimals).
-pub fn ratio_rows<C: PartialEq, S: Outcome>(
+/// The `## Ratios utsuwa / QEMU (medians)` section: a row per case both
+/// ran, headed `case_heading` and named by `label`, then utsuwa's median
+/// over QEMU's (two decimals) of each `(metric, heading)` of `columns`.
+/// Writes nothing and returns false when no case has both.
+pub fn ratio_section<C: PartialEq, S: Outcome>(
+    md: &mut String,
     series: &[Series<C, S>],
     metrics: &[Metric<S>],
-    keys: &[&str],
+    case_heading: &str,
+    columns: &[(&str, &str)],
     label: impl Fn(&C) -> String,
-) -> Vec<Vec<String>> {
+) -> bool {
     let mut rows = Vec::new();
     for s in series.iter().filter(|s| s.vmm == "utsuwa") {
         let Some(q) = series.iter().find(|q| q.vmm == "qemu" && q.case == s.case) else {
             continue;
         };
         let mut row = vec![label(&s.case)];
-        row.extend(keys.iter().map(|k| {
+        row.extend(columns.iter().map(|(k, _)| {
             let f = stats::metric(metrics, k);
             match (
                 stats::summarise(&s.samples, f),
@@ -136,7 +141,14 @@ pub fn ratio_rows<C: PartialEq, S: Outcome>(
         }));
         rows.push(row);
     }
-    rows
+    if rows.is_empty() {
+        return false;
+    }
+    let mut header = vec![case_heading];
+    header.extend(columns.iter().map(|(_, h)| *h));
+    md.push_str("\n## Ratios utsuwa / QEMU (medians)\n\n");
+    md.push_str(&report::table(&header, &rows));
+    true
 }
 
 #[cfg(test)]

@@ -19,6 +19,7 @@ use std::time::{Duration, Instant};
 
 use crate::alternate;
 use crate::boot::{self, Vmm};
+use crate::guest;
 use crate::proc::{self, ThreadCpu, Timed};
 
 /// Size of the disk image, and of the region the benchmark covers (all of it).
@@ -134,12 +135,7 @@ pub struct Bench {
 
 impl Bench {
     pub fn parse(line: &str) -> Result<Bench, String> {
-        let get = |key: &str| -> Result<f64, String> {
-            line.split_whitespace()
-                .find_map(|kv| kv.strip_prefix(key)?.strip_prefix('='))
-                .and_then(|v| v.parse::<f64>().ok())
-                .ok_or_else(|| format!("no {key}= in '{line}'"))
-        };
+        let get = |key: &str| guest::number(line, key);
         Ok(Bench {
             seq_read_mbps: get("seq_read_mbps")?,
             seq_write_mbps: get("seq_write_mbps")?,

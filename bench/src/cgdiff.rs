@@ -8,10 +8,21 @@
 //! whose reports show its table (`section`).
 
 use std::path::PathBuf;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use crate::report::{self, Json};
 use crate::stats::Summary;
+
+/// How a callgrind part runs.
+pub struct Setup {
+    pub valgrind: PathBuf,
+    /// Runs of each size.
+    pub runs: usize,
+    /// Time limit of one run.
+    pub timeout: Duration,
+    /// Where callgrind writes its files (each removed once read).
+    pub dir: PathBuf,
+}
 
 /// One figure to measure: a VMM, a case, and the units of work of the
 /// small and the large run.

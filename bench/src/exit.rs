@@ -22,6 +22,7 @@ use std::time::Duration;
 use crate::blk::{callgrind, cpu};
 use crate::boot::{Case, Image, Vmm};
 use crate::cgdiff;
+use crate::guest;
 use crate::proc::{self, Timed};
 use crate::report::{self, Json};
 use crate::stats::{self, median_cell, runs_ok, Metric};
@@ -67,17 +68,8 @@ fn cg_plan(kind: &str, n: u64) -> String {
     format!("probe.checks=none probe.exit_loop={kind}:{n} probe.exit=poweroff")
 }
 
-/// How the callgrind part runs.
-pub struct Callgrind {
-    pub valgrind: PathBuf,
-    pub runs: usize,
-    pub timeout: Duration,
-    /// Where callgrind writes its files (each removed once read).
-    pub dir: PathBuf,
-}
-
 /// Instructions per exit of every kind and VMM.
-pub fn callgrind(setup: &Setup, cg: &Callgrind) -> Vec<cgdiff::Measured> {
+pub fn callgrind(setup: &Setup, cg: &cgdiff::Setup) -> Vec<cgdiff::Measured> {
     let items: Vec<cgdiff::Item> = KINDS
         .iter()
         .flat_map(|kind| {
@@ -128,9 +120,7 @@ fn command(vmm: &Vmm, elf: &std::path::Path, plan: &str) -> std::process::Comman
 }
 
 fn field(line: &str, key: &str) -> Option<String> {
-    line.split_whitespace()
-        .find_map(|kv| kv.strip_prefix(key)?.strip_prefix('='))
-        .map(str::to_string)
+    guest::field(line, key).map(str::to_string)
 }
 
 fn one_run(setup: &Setup, vmm: &Vmm, kind: &str, run: usize) -> Sample {

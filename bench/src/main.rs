@@ -253,8 +253,7 @@ fn run_boot(
     notes: &[String],
     out: &Path,
 ) -> Result<(), String> {
-    let mut vmms = vec![boot::Vmm::Utsuwa(utsuwa.to_path_buf())];
-    vmms.extend(qemu.map(|q| boot::Vmm::Qemu(q.to_path_buf())));
+    let vmms = both_vmms(utsuwa, qemu);
     let runs = args.runs.unwrap_or(20);
     let setup = boot::Setup {
         runs,
@@ -322,8 +321,7 @@ fn run_blk(
             cases.push(blk::Case { cache, irq });
         }
     }
-    let mut vmms = vec![boot::Vmm::Utsuwa(utsuwa.to_path_buf())];
-    vmms.extend(qemu.map(|q| boot::Vmm::Qemu(q.to_path_buf())));
+    let vmms = both_vmms(utsuwa, qemu);
     let setup = blk::Setup {
         runs,
         timeout: Duration::from_secs(args.timeout),
@@ -415,8 +413,7 @@ fn run_density(
     out: &Path,
 ) -> Result<(), String> {
     let runs = args.runs.unwrap_or(3);
-    let mut vmms = vec![boot::Vmm::Utsuwa(utsuwa.to_path_buf())];
-    vmms.extend(qemu.map(|q| boot::Vmm::Qemu(q.to_path_buf())));
+    let vmms = both_vmms(utsuwa, qemu);
     let setup = density::Setup {
         runs,
         timeout: Duration::from_secs(args.timeout),
@@ -440,8 +437,7 @@ fn run_exit(
     guest: &guest::Guest,
     out: &Path,
 ) -> Result<(), String> {
-    let mut vmms = vec![boot::Vmm::Utsuwa(utsuwa.to_path_buf())];
-    vmms.extend(qemu.map(|q| boot::Vmm::Qemu(q.to_path_buf())));
+    let vmms = both_vmms(utsuwa, qemu);
     let setup = exit::Setup {
         runs: args.runs.unwrap_or(3),
         n: args.exits,
@@ -452,28 +448,26 @@ fn run_exit(
     let mut env = environment(root, utsuwa, qemu, guest);
     let date = report::utc_now();
     let series = exit::run(&setup);
-    let cg = callgrind_setup(args, &mut env).map(|(valgrind, dir)| {
-        exit::callgrind(
-            &setup,
-            &exit::Callgrind {
-                valgrind,
-                runs: args.callgrind_runs,
-                timeout: Duration::from_secs(args.timeout * 10),
-                dir: dir.0.clone(),
-            },
-        )
-    });
+    let cg = with_callgrind(args, &mut env, |cg| exit::callgrind(&setup, cg));
     env.push(("load average after".into(), first_line("/proc/loadavg")));
     let (md, json) = exit::render(&date, &setup, &env, &series, &cg);
     report::publish(out, "exit", &md, &json)
 }
 
-/// valgrind (recorded in `env`) and a scratch directory for callgrind's
-/// files, or why callgrind is left out.
-fn callgrind_setup(
+/// utsuwa, and QEMU when there is one.
+fn both_vmms(utsuwa: &Path, qemu: Option<&Path>) -> Vec<boot::Vmm> {
+    let mut vmms = vec![boot::Vmm::Utsuwa(utsuwa.to_path_buf())];
+    vmms.extend(qemu.map(|q| boot::Vmm::Qemu(q.to_path_buf())));
+    vmms
+}
+
+/// `measure` run with valgrind (recorded in `env`) and a scratch
+/// directory for callgrind's files, or why callgrind is left out.
+fn with_callgrind<T>(
     args: &Args,
     env: &mut Vec<(String, String)>,
-) -> Result<(PathBuf, blk::Scratch), String> {
+    measure: impl FnOnce(&cgdiff::Setup) -> T,
+) -> Result<T, String> {
     if args.no_callgrind {
         return Err("left out (--no-callgrind).".into());
     }
@@ -483,7 +477,13 @@ fn callgrind_setup(
         "valgrind".into(),
         proc::output_of(&valgrind.to_string_lossy(), &["--version"]).unwrap_or_default(),
     ));
-    Ok((valgrind, blk::Scratch::new(&std::env::temp_dir())?))
+    let dir = blk::Scratch::new(&std::env::temp_dir())?;
+    Ok(measure(&cgdiff::Setup {
+        valgrind,
+        runs: args.callgrind_runs,
+        timeout: Duration::from_secs(args.timeout * 10),
+        dir: dir.0.clone(),
+    }))
 }
 
 fn run_net(
@@ -498,8 +498,7 @@ fn run_net(
     if let Some(why) = net::peer::unavailable() {
         return Err(format!("net: cannot run here: {why}"));
     }
-    let mut vmms = vec![boot::Vmm::Utsuwa(utsuwa.to_path_buf())];
-    vmms.extend(qemu.map(|q| boot::Vmm::Qemu(q.to_path_buf())));
+    let vmms = both_vmms(utsuwa, qemu);
     let runs = args.runs.unwrap_or(5);
     let cases = net::FRAMES
         .iter()
@@ -516,17 +515,7 @@ fn run_net(
     let mut env = environment(root, utsuwa, qemu, guest);
     let date = report::utc_now();
     let series = net::run(&setup);
-    let callgrind = callgrind_setup(args, &mut env).map(|(valgrind, dir)| {
-        net::callgrind(
-            &setup,
-            &net::Callgrind {
-                valgrind,
-                runs: args.callgrind_runs,
-                timeout: Duration::from_secs(args.timeout * 10),
-                dir: dir.0.clone(),
-            },
-        )
-    });
+    let callgrind = with_callgrind(args, &mut env, |cg| net::callgrind(&setup, cg));
     env.push(("load average after".into(), first_line("/proc/loadavg")));
     let ctx = net::report::Context {
         date,
@@ -593,17 +582,7 @@ fn run_vsock(
     ));
     let date = report::utc_now();
     let series = vsock::run(&setup);
-    let callgrind = callgrind_setup(args, &mut env).map(|(valgrind, dir)| {
-        vsock::callgrind(
-            &setup,
-            &vsock::Callgrind {
-                valgrind,
-                runs: args.callgrind_runs,
-                timeout: Duration::from_secs(args.timeout * 10),
-                dir: dir.0.clone(),
-            },
-        )
-    });
+    let callgrind = with_callgrind(args, &mut env, |cg| vsock::callgrind(&setup, cg));
     env.push(("load average after".into(), first_line("/proc/loadavg")));
     let ctx = vsock::report::Context {
         date,

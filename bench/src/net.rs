@@ -41,6 +41,7 @@ use crate::blk::{callgrind, cpu};
 use crate::boot::{Case as BootCase, Image, Vmm};
 use crate::cgdiff;
 use crate::cleanup;
+use crate::guest;
 use crate::proc::{self, ThreadCpu, Timed};
 
 use peer::{NetNs, PeerConfig, PeerReport};
@@ -158,12 +159,7 @@ pub struct Bench {
 
 impl Bench {
     pub fn parse(line: &str) -> Result<Bench, String> {
-        let get = |key: &str| -> Result<f64, String> {
-            line.split_whitespace()
-                .find_map(|kv| kv.strip_prefix(key)?.strip_prefix('='))
-                .and_then(|v| v.parse::<f64>().ok())
-                .ok_or_else(|| format!("no {key}= in '{line}'"))
-        };
+        let get = |key: &str| guest::number(line, key);
         Ok(Bench {
             g2h_frames: get("g2h_frames")?,
             g2h_fps: get("g2h_fps")?,
@@ -213,14 +209,12 @@ pub struct Sample {
 impl Sample {
     /// The VMM's CPU between the two readings.
     pub fn cpu(&self) -> Option<cpu::Split> {
-        (!self.cpu_end.is_empty()).then(|| cpu::totals(&cpu::usage(&self.cpu_start, &self.cpu_end)))
+        cpu::between(&self.cpu_start, &self.cpu_end)
     }
 
     /// CPU µs per frame (both directions): (user, system).
     pub fn per_frame_us(&self) -> Option<(f64, f64)> {
-        let c = self.cpu()?;
-        let n = self.bench.as_ref()?.frames();
-        (n > 0.0).then(|| (c.user_ms * 1e3 / n, c.sys_ms * 1e3 / n))
+        self.cpu()?.per_unit_us(self.bench.as_ref()?.frames())
     }
 }
 
@@ -338,14 +332,6 @@ pub fn run(setup: &Setup) -> Vec<Series> {
     )
 }
 
-/// How the callgrind part runs.
-pub struct Callgrind {
-    pub valgrind: PathBuf,
-    pub runs: usize,
-    pub timeout: Duration,
-    pub dir: PathBuf,
-}
-
 /// The callgrind case: 1514-byte frames, MSI-X.
 pub const CG_CASE: Case = Case {
     frame: 1514,
@@ -353,7 +339,7 @@ pub const CG_CASE: Case = Case {
 };
 
 /// Instructions per frame (both directions counted) for each VMM.
-pub fn callgrind(setup: &Setup, cg: &Callgrind) -> Vec<cgdiff::Measured> {
+pub fn callgrind(setup: &Setup, cg: &cgdiff::Setup) -> Vec<cgdiff::Measured> {
     let items: Vec<cgdiff::Item> = setup
         .vmms
         .iter()

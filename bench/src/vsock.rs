@@ -29,6 +29,7 @@ use crate::alternate;
 use crate::blk::cpu;
 use crate::boot::{Case as BootCase, Image, Vmm};
 use crate::cgdiff;
+use crate::guest::number as field;
 use crate::proc::{self, ThreadCpu, Timed};
 use crate::stats::Summary;
 
@@ -109,13 +110,6 @@ pub struct Bench {
     pub lines: Vec<String>,
 }
 
-fn field(line: &str, key: &str) -> Result<f64, String> {
-    line.split_whitespace()
-        .find_map(|kv| kv.strip_prefix(key)?.strip_prefix('='))
-        .and_then(|v| v.parse::<f64>().ok())
-        .ok_or_else(|| format!("no {key}= in '{line}'"))
-}
-
 impl Bench {
     /// From the guest's output lines (any order; others ignored).
     pub fn parse<'a>(lines: impl IntoIterator<Item = &'a str>) -> Result<Bench, String> {
@@ -191,14 +185,12 @@ pub struct Sample {
 
 impl Sample {
     pub fn cpu(&self) -> Option<cpu::Split> {
-        (!self.cpu_end.is_empty()).then(|| cpu::totals(&cpu::usage(&self.cpu_start, &self.cpu_end)))
+        cpu::between(&self.cpu_start, &self.cpu_end)
     }
 
     /// VMM CPU µs per packet (both directions): (user, system).
     pub fn per_packet_us(&self) -> Option<(f64, f64)> {
-        let c = self.cpu()?;
-        let n = self.bench.as_ref()?.packets();
-        (n > 0.0).then(|| (c.user_ms * 1e3 / n, c.sys_ms * 1e3 / n))
+        self.cpu()?.per_unit_us(self.bench.as_ref()?.packets())
     }
 }
 
@@ -343,19 +335,11 @@ pub fn run(setup: &Setup) -> Vec<Series> {
     )
 }
 
-/// How the callgrind part runs.
-pub struct Callgrind {
-    pub valgrind: PathBuf,
-    pub runs: usize,
-    pub timeout: Duration,
-    pub dir: PathBuf,
-}
-
 /// Instructions per packet (both directions) for utsuwa, each case. The units of
 /// each item are the median packet counts the guest reported in its runs
 /// of that size (the packets per run vary a little with timing: credit
 /// updates, partial packets).
-pub fn callgrind(setup: &Setup, cg: &Callgrind) -> Vec<cgdiff::Measured> {
+pub fn callgrind(setup: &Setup, cg: &cgdiff::Setup) -> Vec<cgdiff::Measured> {
     let mib = 1u64 << 20;
     // Data packets alone, for the progress lines until the runs tell.
     let guess = |m: u64, c: &Case| 2 * m * mib / u64::from(c.pkt);

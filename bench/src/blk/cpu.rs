@@ -30,6 +30,11 @@ impl Split {
         self.guest_ms += o.guest_ms;
     }
 
+    /// User and system µs per each of `n` units of work (None for none).
+    pub fn per_unit_us(&self, n: f64) -> Option<(f64, f64)> {
+        (n > 0.0).then(|| (self.user_ms * 1e3 / n, self.sys_ms * 1e3 / n))
+    }
+
     /// The VMM's own time (user + system, guest excluded).
     pub fn vmm_ms(&self) -> f64 {
         self.user_ms + self.sys_ms
@@ -119,6 +124,12 @@ pub fn by_role<'a>(threads: impl IntoIterator<Item = &'a ThreadUse>) -> Vec<(Str
         }
     }
     out
+}
+
+/// The sum over threads between two readings, or None without the
+/// second one.
+pub fn between(start: &[ThreadCpu], end: &[ThreadCpu]) -> Option<Split> {
+    (!end.is_empty()).then(|| totals(&usage(start, end)))
 }
 
 /// CPU by thread role between two readings, for progress lines:

@@ -131,33 +131,21 @@ pub fn render(ctx: &Context, series: &[Series]) -> (String, Json) {
         ],
         &rows,
     ));
-    let ratio_rows = alternate::ratio_rows(
+    if alternate::ratio_section(
+        &mut md,
         series,
         &METRICS,
+        "frame, interrupts",
         &[
-            "g2h_fps",
-            "h2g_fps",
-            "rtt_min_us",
-            "rtt_avg_us",
-            "vmm_us_per_frame",
-            "vmm_user_us_per_frame",
+            ("g2h_fps", "guest→host frames/s"),
+            ("h2g_fps", "host→guest frames/s"),
+            ("rtt_min_us", "RTT min"),
+            ("rtt_avg_us", "RTT avg"),
+            ("vmm_us_per_frame", "VMM CPU per frame"),
+            ("vmm_user_us_per_frame", "VMM user CPU per frame"),
         ],
         |c| c.name(),
-    );
-    if !ratio_rows.is_empty() {
-        md.push_str("\n## Ratios utsuwa / QEMU (medians)\n\n");
-        md.push_str(&report::table(
-            &[
-                "frame, interrupts",
-                "guest→host frames/s",
-                "host→guest frames/s",
-                "RTT min",
-                "RTT avg",
-                "VMM CPU per frame",
-                "VMM user CPU per frame",
-            ],
-            &ratio_rows,
-        ));
+    ) {
         md.push_str("\nAbove 1 is better for rates, below 1 for times and CPU.\n");
     }
     md.push_str(&format!(

@@ -125,23 +125,18 @@ pub fn render(ctx: &Context, series: &[Series]) -> (String, Json) {
          host the system part includes PVM's exits and world switches; the user part is the \
          VMM's own work and carries over to VT-x/AMD-V.\n",
     );
-    let ratio_rows = alternate::ratio_rows(
+    if alternate::ratio_section(
+        &mut md,
         series,
         &METRICS,
-        &["g2h_mbps", "h2g_mbps", "vmm_us_per_packet"],
+        "case",
+        &[
+            ("g2h_mbps", "guest→host MB/s"),
+            ("h2g_mbps", "host→guest MB/s"),
+            ("vmm_us_per_packet", "VMM CPU per packet"),
+        ],
         |c| c.name(),
-    );
-    if !ratio_rows.is_empty() {
-        md.push_str("\n## Ratios utsuwa / QEMU (medians)\n\n");
-        md.push_str(&report::table(
-            &[
-                "case",
-                "guest→host MB/s",
-                "host→guest MB/s",
-                "VMM CPU per packet",
-            ],
-            &ratio_rows,
-        ));
+    ) {
         md.push_str(
             "\nQEMU's vhost-vsock moves the data in the `vhost-PID` worker, a thread of \
              QEMU's process on current kernels, so its CPU is counted; the host end is an \
