@@ -10,6 +10,7 @@
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
+use crate::boot::Vmm;
 use crate::report::{self, Json};
 use crate::stats::Summary;
 
@@ -34,6 +35,15 @@ pub struct Item {
     pub large: u64,
 }
 
+impl Item {
+    /// The item's VMM among `vmms`.
+    pub fn vmm_in<'a>(&self, vmms: &'a [Vmm]) -> Result<&'a Vmm, String> {
+        vmms.iter()
+            .find(|v| v.name() == self.vmm)
+            .ok_or_else(|| "no such VMM".into())
+    }
+}
+
 /// Which of the two runs.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Size {
@@ -42,6 +52,14 @@ pub enum Size {
 }
 
 impl Size {
+    /// `small` or `large`, as this size says.
+    pub fn pick<T>(self, small: T, large: T) -> T {
+        match self {
+            Size::Small => small,
+            Size::Large => large,
+        }
+    }
+
     pub fn name(self) -> &'static str {
         match self {
             Size::Small => "small",

@@ -82,15 +82,8 @@ pub fn callgrind(setup: &Setup, cg: &cgdiff::Setup) -> Vec<cgdiff::Measured> {
         })
         .collect();
     cgdiff::run("exit", cg.runs, &items, &cg.dir, |item, size, _, file| {
-        let vmm = setup
-            .vmms
-            .iter()
-            .find(|v| v.name() == item.vmm)
-            .ok_or("no such VMM")?;
-        let n = match size {
-            cgdiff::Size::Small => item.small,
-            cgdiff::Size::Large => item.large,
-        };
+        let vmm = item.vmm_in(&setup.vmms)?;
+        let n = size.pick(item.small, item.large);
         let inner = command(vmm, &setup.elf, &cg_plan(&item.case, n));
         let mut cmd = callgrind::wrap(std::process::Command::new(&cg.valgrind), &file, &inner);
         let is_loop = |l: &str| {

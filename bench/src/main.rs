@@ -334,31 +334,18 @@ fn run_blk(
     let mut env = environment(root, utsuwa, qemu, guest);
     let date = report::utc_now();
     let series = blk::run(&setup);
-    let callgrind = if args.no_callgrind {
-        Err("left out (--no-callgrind).".to_string())
-    } else {
-        match find_on_path("valgrind") {
-            None => Err("valgrind not found (apt-get install valgrind).".to_string()),
-            Some(valgrind) => {
-                env.push((
-                    "valgrind".into(),
-                    proc::output_of(&valgrind.to_string_lossy(), &["--version"])
-                        .unwrap_or_default(),
-                ));
-                let cg = blk::callgrind::Setup {
-                    runs: args.callgrind_runs,
-                    timeout: Duration::from_secs(args.timeout * 10),
-                    valgrind,
-                    annotate: find_on_path("callgrind_annotate"),
-                    vmms: &vmms,
-                    elf: &guest.elf,
-                    image: &image,
-                    dir: &scratch.0,
-                };
-                Ok(blk::callgrind::run(&cg))
-            }
-        }
-    };
+    let callgrind = valgrind(args, &mut env).map(|valgrind| {
+        blk::callgrind::run(&blk::callgrind::Setup {
+            runs: args.callgrind_runs,
+            timeout: Duration::from_secs(args.timeout * 10),
+            valgrind,
+            annotate: find_on_path("callgrind_annotate"),
+            vmms: &vmms,
+            elf: &guest.elf,
+            image: &image,
+            dir: &scratch.0,
+        })
+    });
     env.push(("load average after".into(), first_line("/proc/loadavg")));
     let ctx = blk::report::Context {
         date,
@@ -461,13 +448,8 @@ fn both_vmms(utsuwa: &Path, qemu: Option<&Path>) -> Vec<boot::Vmm> {
     vmms
 }
 
-/// `measure` run with valgrind (recorded in `env`) and a scratch
-/// directory for callgrind's files, or why callgrind is left out.
-fn with_callgrind<T>(
-    args: &Args,
-    env: &mut Vec<(String, String)>,
-    measure: impl FnOnce(&cgdiff::Setup) -> T,
-) -> Result<T, String> {
+/// valgrind (recorded in `env`), or why callgrind is left out.
+fn valgrind(args: &Args, env: &mut Vec<(String, String)>) -> Result<PathBuf, String> {
     if args.no_callgrind {
         return Err("left out (--no-callgrind).".into());
     }
@@ -477,6 +459,17 @@ fn with_callgrind<T>(
         "valgrind".into(),
         proc::output_of(&valgrind.to_string_lossy(), &["--version"]).unwrap_or_default(),
     ));
+    Ok(valgrind)
+}
+
+/// `measure` run with valgrind (`valgrind`) and a scratch directory for
+/// callgrind's files, or why callgrind is left out.
+fn with_callgrind<T>(
+    args: &Args,
+    env: &mut Vec<(String, String)>,
+    measure: impl FnOnce(&cgdiff::Setup) -> T,
+) -> Result<T, String> {
+    let valgrind = valgrind(args, env)?;
     let dir = blk::Scratch::new(&std::env::temp_dir())?;
     Ok(measure(&cgdiff::Setup {
         valgrind,

@@ -351,15 +351,8 @@ pub fn callgrind(setup: &Setup, cg: &cgdiff::Setup) -> Vec<cgdiff::Measured> {
         })
         .collect();
     cgdiff::run("net", cg.runs, &items, &cg.dir, |item, size, _, file| {
-        let vmm = setup
-            .vmms
-            .iter()
-            .find(|v| v.name() == item.vmm)
-            .ok_or("no such VMM")?;
-        let frames = match size {
-            cgdiff::Size::Small => CG_SMALL,
-            cgdiff::Size::Large => CG_LARGE,
-        };
+        let vmm = item.vmm_in(&setup.vmms)?;
+        let frames = size.pick(CG_SMALL, CG_LARGE);
         let p = Plumbing::new()?;
         let (stop, peer) = start_peer(&p, cg.timeout)?;
         let mut inner = base_command(vmm, &setup.elf, &plan(&CG_CASE, frames, CG_PINGS));

@@ -361,20 +361,13 @@ pub fn callgrind(setup: &Setup, cg: &cgdiff::Setup) -> Vec<cgdiff::Measured> {
         .collect();
     let mut packets: Vec<(&'static str, String, cgdiff::Size, f64)> = Vec::new();
     let mut measured = cgdiff::run("vsock", cg.runs, &items, &cg.dir, |item, size, _, file| {
-        let vmm = setup
-            .vmms
-            .iter()
-            .find(|v| v.name() == item.vmm)
-            .ok_or("no such VMM")?;
+        let vmm = item.vmm_in(&setup.vmms)?;
         let case = setup
             .cases
             .iter()
             .find(|c| c.name() == item.case)
             .ok_or("no such case")?;
-        let m = match size {
-            cgdiff::Size::Small => CG_SMALL_MIB,
-            cgdiff::Size::Large => CG_LARGE_MIB,
-        };
+        let m = size.pick(CG_SMALL_MIB, CG_LARGE_MIB);
         let dir = peer::SockDir::new()?;
         let p = start_peer(vmm, &dir, &setup.pattern, Duration::from_secs(60))?;
         let phase_ms = cg.timeout.as_millis() as u64;
