@@ -21,7 +21,7 @@ use std::time::{Duration, Instant};
 use crate::boot::{self, MARKER};
 use crate::proc::{self, Timed};
 use crate::report::{self, Json};
-use crate::stats::Summary;
+use crate::stats::{self, cell, Summary};
 
 pub const MEM_MIB: u64 = 128;
 const PLAN: &str = "probe.checks=none probe.exit=halt";
@@ -48,6 +48,8 @@ pub struct Sample {
     pub running_overhead_kb: Option<u64>,
     pub error: Option<String>,
 }
+
+stats::outcome!(Sample);
 
 /// One HTTP/1.1 request on a fresh connection; returns the status code
 /// and body.
@@ -226,15 +228,6 @@ pub fn run(setup: &Setup) -> Vec<Sample> {
     out
 }
 
-fn summ(samples: &[Sample], f: impl Fn(&Sample) -> Option<f64>) -> Option<Summary> {
-    let v: Vec<f64> = samples
-        .iter()
-        .filter(|s| s.error.is_none())
-        .filter_map(f)
-        .collect();
-    Summary::of(&v)
-}
-
 fn kb(v: Option<u64>) -> Option<f64> {
     v.map(|k| k as f64 / 1024.0)
 }
@@ -287,12 +280,12 @@ pub fn render(date: &str, env: &[(String, String)], samples: &[Sample]) -> (Stri
     let mut rows = Vec::new();
     let mut results = Vec::new();
     for (key, label, f) in METRICS {
-        let s = summ(samples, f);
+        let s = stats::summarise(samples, f);
         rows.push(vec![
             label.to_string(),
-            s.map_or("–".into(), |s| format!("{:.2}", s.median)),
-            s.map_or("–".into(), |s| format!("{:.2}", s.min)),
-            s.map_or("–".into(), |s| format!("{:.2}", s.max)),
+            cell(s.map(|s| s.median), 2),
+            cell(s.map(|s| s.min), 2),
+            cell(s.map(|s| s.max), 2),
         ]);
         results.push((key.to_string(), Summary::json(s)));
     }
@@ -307,22 +300,8 @@ pub fn render(date: &str, env: &[(String, String)], samples: &[Sample]) -> (Stri
          InstanceStart`, timed from just before that request to the `PROBE boot` line on the \
          VMM's stdout; memory again 200 ms after the marker (guest RAM found as in `boot`).\n",
     );
-    let errors: Vec<String> = samples
-        .iter()
-        .filter_map(|s| s.error.as_ref().map(|e| format!("- run {}: {e}", s.run)))
-        .collect();
-    if !errors.is_empty() {
-        md.push_str("\n## Failures\n\n");
-        md.push_str(&errors.join("\n"));
-        md.push('\n');
-    }
-    md.push_str("\n## Environment\n\n");
-    md.push_str(&report::table(
-        &["what", "value"],
-        &env.iter()
-            .map(|(k, v)| vec![k.clone(), format!("`{v}`")])
-            .collect::<Vec<_>>(),
-    ));
+    report::failures(&mut md, [(String::new(), samples)]);
+    md.push_str(&report::environment(env));
     let json = Json::obj([
         ("benchmark", Json::str("api")),
         ("date", Json::str(date)),
@@ -335,10 +314,7 @@ pub fn render(date: &str, env: &[(String, String)], samples: &[Sample]) -> (Stri
                 ("poll_us", Json::Num(50.0)),
             ]),
         ),
-        (
-            "environment",
-            Json::Obj(env.iter().map(|(k, v)| (k.clone(), Json::str(v))).collect()),
-        ),
+        ("environment", report::environment_json(env)),
         ("failed", Json::Num(failed as f64)),
         ("results", Json::Obj(results)),
         (
@@ -353,15 +329,7 @@ pub fn render(date: &str, env: &[(String, String)], samples: &[Sample]) -> (Stri
             Json::Arr(
                 samples
                     .iter()
-                    .map(|s| {
-                        let mut o: Vec<(String, Json)> =
-                            vec![("run".into(), Json::Num(s.run as f64))];
-                        for (key, _, f) in METRICS {
-                            o.push((key.into(), Json::opt(f(s))));
-                        }
-                        o.push(("error".into(), Json::opt_str(s.error.as_deref())));
-                        Json::Obj(o)
-                    })
+                    .map(|s| report::sample_json(s, METRICS.map(|(k, _, f)| (k, f)), vec![]))
                     .collect(),
             ),
         ),

@@ -17,7 +17,9 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::{Duration, Instant};
 
+use crate::alternate;
 use crate::boot::{self, Vmm};
+use crate::guest;
 use crate::proc::{self, ThreadCpu, Timed};
 
 /// Size of the disk image, and of the region the benchmark covers (all of it).
@@ -133,12 +135,7 @@ pub struct Bench {
 
 impl Bench {
     pub fn parse(line: &str) -> Result<Bench, String> {
-        let get = |key: &str| -> Result<f64, String> {
-            line.split_whitespace()
-                .find_map(|kv| kv.strip_prefix(key)?.strip_prefix('='))
-                .and_then(|v| v.parse::<f64>().ok())
-                .ok_or_else(|| format!("no {key}= in '{line}'"))
-        };
+        let get = |key: &str| guest::number(line, key);
         Ok(Bench {
             seq_read_mbps: get("seq_read_mbps")?,
             seq_write_mbps: get("seq_write_mbps")?,
@@ -176,13 +173,10 @@ pub struct Sample {
     pub error: Option<String>,
 }
 
+alternate::sample!(Sample);
+
 /// Everything one VMM produced for one case.
-#[derive(Debug, Clone)]
-pub struct Series {
-    pub vmm: &'static str,
-    pub case: Case,
-    pub samples: Vec<Sample>,
-}
+pub type Series = alternate::Series<Case, Sample>;
 
 const INIT_VERDICT: &str = "PROBE-CHECK blk ";
 const BENCH_LINE: &str = "PROBE blk-bench ";
@@ -257,85 +251,43 @@ fn timed_run_into(setup: &Setup, vmm: &Vmm, case: &Case, s: &mut Sample) -> Resu
     Ok(())
 }
 
-/// A case that failed this many times in a row is not run again.
-const GIVE_UP_AFTER: usize = 3;
-
-fn failing(samples: &[Sample]) -> bool {
-    samples.len() >= GIVE_UP_AFTER
-        && samples
-            .iter()
-            .rev()
-            .take(GIVE_UP_AFTER)
-            .all(|s| s.error.is_some())
-}
-
 /// Runs every case `runs` times per VMM, VMMs alternating (the first
 /// one swapped every run), printing progress to stderr.
 pub fn run(setup: &Setup) -> Vec<Series> {
-    let mut series: Vec<Series> = setup
-        .cases
-        .iter()
-        .flat_map(|case| {
-            setup.vmms.iter().map(|v| Series {
-                vmm: v.name(),
-                case: *case,
-                samples: vec![],
-            })
-        })
-        .collect();
-    let index = |case: usize, vmm: usize| case * setup.vmms.len() + vmm;
-    let began = Instant::now();
-    for run in 1..=setup.runs {
-        for (c, case) in setup.cases.iter().enumerate() {
-            let mut order: Vec<usize> = (0..setup.vmms.len()).collect();
-            if run % 2 == 0 {
-                order.reverse();
+    let progress = |vmm: &Vmm, case: &Case, s: &Sample| {
+        let shown = match (&s.error, &s.bench) {
+            (Some(e), _) => format!("FAILED: {e}"),
+            (None, Some(b)) => {
+                let c = cpu::totals(&cpu::usage(&s.cpu_start, &s.cpu_end));
+                format!(
+                    "read {:.0} MB/s, write {:.0} MB/s, randread {:.0} IOPS; \
+                     VMM cpu {:.0} ms user + {:.0} ms sys (guest {:.0} ms) in {:.0} ms",
+                    b.seq_read_mbps,
+                    b.seq_write_mbps,
+                    b.randread_iops,
+                    c.user_ms,
+                    c.sys_ms,
+                    c.guest_ms,
+                    s.between_ms
+                )
             }
-            for &v in &order {
-                let vmm = &setup.vmms[v];
-                let s = if failing(&series[index(c, v)].samples) {
-                    Sample {
-                        run,
-                        error: Some(format!("skipped: the last {GIVE_UP_AFTER} runs failed")),
-                        ..Default::default()
-                    }
-                } else {
-                    timed_run(setup, vmm, case, run)
-                };
-                let shown = match (&s.error, &s.bench) {
-                    (Some(e), _) => format!("FAILED: {e}"),
-                    (None, Some(b)) => {
-                        let c = cpu::totals(&cpu::usage(&s.cpu_start, &s.cpu_end));
-                        format!(
-                            "read {:.0} MB/s, write {:.0} MB/s, randread {:.0} IOPS; \
-                             VMM cpu {:.0} ms user + {:.0} ms sys (guest {:.0} ms) in {:.0} ms",
-                            b.seq_read_mbps,
-                            b.seq_write_mbps,
-                            b.randread_iops,
-                            c.user_ms,
-                            c.sys_ms,
-                            c.guest_ms,
-                            s.between_ms
-                        )
-                    }
-                    _ => "?".into(),
-                };
-                eprintln!(
-                    "[blk] {run}/{} {} cache={} irq={}: {shown}",
-                    setup.runs,
-                    vmm.name(),
-                    case.cache.name(),
-                    case.irq
-                );
-                series[index(c, v)].samples.push(s);
-            }
-        }
-    }
-    eprintln!(
-        "[blk] timed runs done in {:.1} s",
-        began.elapsed().as_secs_f64()
-    );
-    series
+            _ => "?".into(),
+        };
+        format!(
+            "{} cache={} irq={}: {shown}",
+            vmm.name(),
+            case.cache.name(),
+            case.irq
+        )
+    };
+    alternate::run(
+        "blk",
+        setup.runs,
+        &setup.vmms,
+        &setup.cases,
+        |vmm, case, run| timed_run(setup, vmm, case, run),
+        progress,
+    )
 }
 
 // ---- the host's block device ----

@@ -4,13 +4,26 @@
 //! teardown are the same in both and cancel out, so
 //! `(Ir(large) − Ir(small)) / (units(large) − units(small))` is what one
 //! more unit costs the VMM in user space (all its threads; callgrind sees
-//! neither the kernel nor the guest). Used by `exit` and `net`.
+//! neither the kernel nor the guest). Used by `exit`, `net` and `vsock`,
+//! whose reports show its table (`section`).
 
 use std::path::PathBuf;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
+use crate::boot::Vmm;
 use crate::report::{self, Json};
 use crate::stats::Summary;
+
+/// How a callgrind part runs.
+pub struct Setup {
+    pub valgrind: PathBuf,
+    /// Runs of each size.
+    pub runs: usize,
+    /// Time limit of one run.
+    pub timeout: Duration,
+    /// Where callgrind writes its files (each removed once read).
+    pub dir: PathBuf,
+}
 
 /// One figure to measure: a VMM, a case, and the units of work of the
 /// small and the large run.
@@ -22,6 +35,15 @@ pub struct Item {
     pub large: u64,
 }
 
+impl Item {
+    /// The item's VMM among `vmms`.
+    pub fn vmm_in<'a>(&self, vmms: &'a [Vmm]) -> Result<&'a Vmm, String> {
+        vmms.iter()
+            .find(|v| v.name() == self.vmm)
+            .ok_or_else(|| "no such VMM".into())
+    }
+}
+
 /// Which of the two runs.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Size {
@@ -30,6 +52,14 @@ pub enum Size {
 }
 
 impl Size {
+    /// `small` or `large`, as this size says.
+    pub fn pick<T>(self, small: T, large: T) -> T {
+        match self {
+            Size::Small => small,
+            Size::Large => large,
+        }
+    }
+
     pub fn name(self) -> &'static str {
         match self {
             Size::Small => "small",
@@ -149,6 +179,34 @@ pub fn run(
         began.elapsed().as_secs_f64()
     );
     out
+}
+
+/// The report's callgrind part: the table (`table`), any rows `more`
+/// adds below it, every failed run, or why nothing was measured; returns
+/// the JSON of it.
+pub fn section(
+    md: &mut String,
+    measured: &Result<Vec<Measured>, String>,
+    unit: &str,
+    more: impl FnOnce(&[Measured]) -> String,
+) -> Json {
+    match measured {
+        Ok(m) => {
+            md.push_str(&table(m, unit));
+            md.push_str(&more(m));
+            for m in m {
+                for e in m.errors() {
+                    md.push_str(&format!("\n- {} {}: {e}", m.item.vmm, m.item.case));
+                }
+            }
+            md.push('\n');
+            json(m)
+        }
+        Err(e) => {
+            md.push_str(&format!("Not measured: {e}\n"));
+            Json::obj([("error", Json::str(e.clone()))])
+        }
+    }
 }
 
 /// Markdown rows: case, VMM, instructions per unit (median of medians'

@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 use crate::boot::{self, Case, Image, Vmm, MARKER};
 use crate::proc::{self, Timed};
 use crate::report::{self, Json};
-use crate::stats::Summary;
+use crate::stats::{self, cell, runs_ok, Metric};
 
 pub const MEM_MIB: u64 = 128;
 const PLAN: &str = "probe.checks=none probe.exit=halt";
@@ -49,6 +49,8 @@ pub struct Sample {
     pub mem_available_drop_kb: Option<i64>,
     pub error: Option<String>,
 }
+
+stats::outcome!(Sample);
 
 fn mem_available_kb() -> Option<i64> {
     std::fs::read_to_string("/proc/meminfo")
@@ -204,18 +206,7 @@ pub fn run(setup: &Setup) -> Vec<Series> {
     out
 }
 
-fn summ(samples: &[Sample], f: impl Fn(&Sample) -> Option<f64>) -> Option<Summary> {
-    let v: Vec<f64> = samples
-        .iter()
-        .filter(|s| s.error.is_none())
-        .filter_map(f)
-        .collect();
-    Summary::of(&v)
-}
-
-type Metric = (&'static str, fn(&Sample) -> Option<f64>);
-
-const METRICS: [Metric; 8] = [
+const METRICS: [Metric<Sample>; 8] = [
     ("all_markers_ms", |s| s.all_markers_ms),
     ("total_rss_mib", |s| Some(boot::mib(s.rss_kb))),
     ("total_pss_mib", |s| Some(boot::mib(s.pss_kb))),
@@ -239,11 +230,7 @@ const METRICS: [Metric; 8] = [
 
 fn med(series: &Series, key: &str) -> Option<f64> {
     let f = METRICS.iter().find(|m| m.0 == key)?.1;
-    summ(&series.samples, f).map(|s| s.median)
-}
-
-fn cell(v: Option<f64>, digits: usize) -> String {
-    v.map_or("–".into(), |v| format!("{v:.digits$}"))
+    stats::summarise(&series.samples, f).map(|s| s.median)
 }
 
 pub fn render(
@@ -270,7 +257,6 @@ pub fn render(
             ]);
             continue;
         }
-        let failed = s.samples.iter().filter(|x| x.error.is_some()).count();
         rows.push(vec![
             s.vmm.to_string(),
             s.k.to_string(),
@@ -281,7 +267,7 @@ pub fn render(
             cell(med(s, "per_vmm_overhead_mib"), 2),
             cell(med(s, "per_vmm_pss_mib"), 2),
             cell(med(s, "per_vmm_mem_available_drop_mib"), 2),
-            format!("{}/{}", s.samples.len() - failed, s.samples.len()),
+            runs_ok(&s.samples),
         ]);
     }
     md.push_str(&report::table(
@@ -363,57 +349,26 @@ pub fn render(
     for n in notes {
         md.push_str(&format!("\n- {n}"));
     }
-    let errors: Vec<String> = series
-        .iter()
-        .flat_map(|s| {
-            s.samples.iter().filter_map(move |x| {
-                x.error
-                    .as_ref()
-                    .map(|e| format!("- {} K={} run {}: {e}", s.vmm, s.k, x.run))
-            })
-        })
-        .collect();
-    if !errors.is_empty() {
-        md.push_str("\n## Failures\n\n");
-        md.push_str(&errors.join("\n"));
-        md.push('\n');
-    }
-    md.push_str("\n## Environment\n\n");
-    md.push_str(&report::table(
-        &["what", "value"],
-        &env.iter()
-            .map(|(k, v)| vec![k.clone(), format!("`{v}`")])
-            .collect::<Vec<_>>(),
-    ));
+    report::failures(
+        &mut md,
+        series
+            .iter()
+            .map(|s| (format!("{} K={}", s.vmm, s.k), &s.samples[..])),
+    );
+    md.push_str(&report::environment(env));
     let results = series
         .iter()
         .map(|s| {
-            let mut o: Vec<(String, Json)> = vec![
-                ("vmm".into(), Json::str(s.vmm)),
-                ("k".into(), Json::Num(s.k as f64)),
-                ("skipped".into(), Json::opt_str(s.skipped.as_deref())),
-            ];
-            for (key, f) in METRICS {
-                o.push((key.into(), Summary::json(summ(&s.samples, f))));
-            }
-            o.push((
-                "samples".into(),
-                Json::Arr(
-                    s.samples
-                        .iter()
-                        .map(|x| {
-                            let mut so: Vec<(String, Json)> =
-                                vec![("run".into(), Json::Num(x.run as f64))];
-                            for (key, f) in METRICS {
-                                so.push((key.into(), Json::opt(f(x))));
-                            }
-                            so.push(("error".into(), Json::opt_str(x.error.as_deref())));
-                            Json::Obj(so)
-                        })
-                        .collect(),
-                ),
-            ));
-            Json::Obj(o)
+            report::series_json(
+                vec![
+                    ("vmm", Json::str(s.vmm)),
+                    ("k", Json::Num(s.k as f64)),
+                    ("skipped", Json::opt_str(s.skipped.as_deref())),
+                ],
+                &s.samples,
+                &METRICS,
+                |_| vec![],
+            )
         })
         .collect();
     let json = Json::obj([
@@ -427,11 +382,8 @@ pub fn render(
                 ("plan", Json::str(PLAN)),
             ]),
         ),
-        (
-            "environment",
-            Json::Obj(env.iter().map(|(k, v)| (k.clone(), Json::str(v))).collect()),
-        ),
-        ("notes", Json::Arr(notes.iter().map(Json::str).collect())),
+        ("environment", report::environment_json(env)),
+        ("notes", report::strings_json(notes)),
         ("results", Json::Arr(results)),
         ("overhead_growth", Json::Arr(growth_json)),
     ]);

@@ -22,9 +22,10 @@ use std::time::Duration;
 use crate::blk::{callgrind, cpu};
 use crate::boot::{Case, Image, Vmm};
 use crate::cgdiff;
+use crate::guest;
 use crate::proc::{self, Timed};
 use crate::report::{self, Json};
-use crate::stats::Summary;
+use crate::stats::{self, median_cell, runs_ok, Metric};
 
 pub const MEM_MIB: u64 = 128;
 const WARMUP: u64 = 2000;
@@ -53,6 +54,8 @@ pub struct Sample {
     pub error: Option<String>,
 }
 
+stats::outcome!(Sample);
+
 fn plan(kind: &str, n: u64) -> String {
     format!("probe.checks=none probe.exit_loop={kind}:{WARMUP} probe.exit_loop={kind}:{n} probe.exit=halt")
 }
@@ -65,17 +68,8 @@ fn cg_plan(kind: &str, n: u64) -> String {
     format!("probe.checks=none probe.exit_loop={kind}:{n} probe.exit=poweroff")
 }
 
-/// How the callgrind part runs.
-pub struct Callgrind {
-    pub valgrind: PathBuf,
-    pub runs: usize,
-    pub timeout: Duration,
-    /// Where callgrind writes its files (each removed once read).
-    pub dir: PathBuf,
-}
-
 /// Instructions per exit of every kind and VMM.
-pub fn callgrind(setup: &Setup, cg: &Callgrind) -> Vec<cgdiff::Measured> {
+pub fn callgrind(setup: &Setup, cg: &cgdiff::Setup) -> Vec<cgdiff::Measured> {
     let items: Vec<cgdiff::Item> = KINDS
         .iter()
         .flat_map(|kind| {
@@ -88,15 +82,8 @@ pub fn callgrind(setup: &Setup, cg: &Callgrind) -> Vec<cgdiff::Measured> {
         })
         .collect();
     cgdiff::run("exit", cg.runs, &items, &cg.dir, |item, size, _, file| {
-        let vmm = setup
-            .vmms
-            .iter()
-            .find(|v| v.name() == item.vmm)
-            .ok_or("no such VMM")?;
-        let n = match size {
-            cgdiff::Size::Small => item.small,
-            cgdiff::Size::Large => item.large,
-        };
+        let vmm = item.vmm_in(&setup.vmms)?;
+        let n = size.pick(item.small, item.large);
         let inner = command(vmm, &setup.elf, &cg_plan(&item.case, n));
         let mut cmd = callgrind::wrap(std::process::Command::new(&cg.valgrind), &file, &inner);
         let is_loop = |l: &str| {
@@ -126,9 +113,7 @@ fn command(vmm: &Vmm, elf: &std::path::Path, plan: &str) -> std::process::Comman
 }
 
 fn field(line: &str, key: &str) -> Option<String> {
-    line.split_whitespace()
-        .find_map(|kv| kv.strip_prefix(key)?.strip_prefix('='))
-        .map(str::to_string)
+    guest::field(line, key).map(str::to_string)
 }
 
 fn one_run(setup: &Setup, vmm: &Vmm, kind: &str, run: usize) -> Sample {
@@ -227,8 +212,7 @@ pub fn run(setup: &Setup) -> Vec<Series> {
     out
 }
 
-type Metric = (&'static str, fn(&Sample) -> Option<f64>);
-const METRICS: [Metric; 4] = [
+const METRICS: [Metric<Sample>; 4] = [
     ("guest_ns_per_exit", |s| s.guest_ns_per_exit),
     ("vmm_ns_per_exit", |s| {
         Some(s.vmm_user_ns_per_exit? + s.vmm_sys_ns_per_exit?)
@@ -236,15 +220,6 @@ const METRICS: [Metric; 4] = [
     ("vmm_user_ns_per_exit", |s| s.vmm_user_ns_per_exit),
     ("vmm_sys_ns_per_exit", |s| s.vmm_sys_ns_per_exit),
 ];
-
-fn summ(samples: &[Sample], f: fn(&Sample) -> Option<f64>) -> Option<Summary> {
-    let v: Vec<f64> = samples
-        .iter()
-        .filter(|s| s.error.is_none())
-        .filter_map(f)
-        .collect();
-    Summary::of(&v)
-}
 
 pub fn render(
     date: &str,
@@ -262,25 +237,21 @@ pub fn render(
          without the instruction counts).\n\n",
         setup.runs, setup.n, setup.runs
     ));
-    let cell = |s: Option<Summary>| s.map_or("–".into(), |s| format!("{:.0}", s.median));
     let mut rows = Vec::new();
     for s in series {
-        let failed = s.samples.iter().filter(|x| x.error.is_some()).count();
         let io = s
             .samples
             .iter()
             .find_map(|x| x.line.as_deref().and_then(|l| field(l, "io")))
             .unwrap_or_default();
-        rows.push(vec![
-            s.kind.to_string(),
-            s.vmm.to_string(),
-            cell(summ(&s.samples, METRICS[0].1)),
-            cell(summ(&s.samples, METRICS[1].1)),
-            cell(summ(&s.samples, METRICS[2].1)),
-            cell(summ(&s.samples, METRICS[3].1)),
-            io,
-            format!("{}/{}", s.samples.len() - failed, s.samples.len()),
-        ]);
+        let mut row = vec![s.kind.to_string(), s.vmm.to_string()];
+        row.extend(
+            METRICS
+                .iter()
+                .map(|(_, f)| median_cell(stats::summarise(&s.samples, f), 0)),
+        );
+        row.extend([io, runs_ok(&s.samples)]);
+        rows.push(row);
     }
     md.push_str(&report::table(
         &[
@@ -316,73 +287,23 @@ pub fn render(
          and not the guest. Median of each size; min–max over runs paired by number.\n\n",
         CG_LARGE - CG_SMALL
     ));
-    let cg_json = match cg {
-        Ok(m) => {
-            md.push_str(&cgdiff::table(m, "exit"));
-            for m in m {
-                for e in m.errors() {
-                    md.push_str(&format!("\n- {} {}: {e}", m.item.vmm, m.item.case));
-                }
-            }
-            md.push('\n');
-            cgdiff::json(m)
-        }
-        Err(e) => {
-            md.push_str(&format!("Not measured: {e}\n"));
-            Json::obj([("error", Json::str(e.clone()))])
-        }
-    };
-    let errors: Vec<String> = series
-        .iter()
-        .flat_map(|s| {
-            s.samples.iter().filter_map(move |x| {
-                x.error
-                    .as_ref()
-                    .map(|e| format!("- {} {} run {}: {e}", s.vmm, s.kind, x.run))
-            })
-        })
-        .collect();
-    if !errors.is_empty() {
-        md.push_str("\n## Failures\n\n");
-        md.push_str(&errors.join("\n"));
-        md.push('\n');
-    }
-    md.push_str("\n## Environment\n\n");
-    md.push_str(&report::table(
-        &["what", "value"],
-        &env.iter()
-            .map(|(k, v)| vec![k.clone(), format!("`{v}`")])
-            .collect::<Vec<_>>(),
-    ));
+    let cg_json = cgdiff::section(&mut md, cg, "exit", |_| String::new());
+    report::failures(
+        &mut md,
+        series
+            .iter()
+            .map(|s| (format!("{} {}", s.vmm, s.kind), &s.samples[..])),
+    );
+    md.push_str(&report::environment(env));
     let results = series
         .iter()
         .map(|s| {
-            let mut o: Vec<(String, Json)> = vec![
-                ("kind".into(), Json::str(s.kind)),
-                ("vmm".into(), Json::str(s.vmm)),
-            ];
-            for (k, f) in METRICS {
-                o.push((k.into(), Summary::json(summ(&s.samples, f))));
-            }
-            o.push((
-                "samples".into(),
-                Json::Arr(
-                    s.samples
-                        .iter()
-                        .map(|x| {
-                            let mut so: Vec<(String, Json)> =
-                                vec![("run".into(), Json::Num(x.run as f64))];
-                            for (k, f) in METRICS {
-                                so.push((k.into(), Json::opt(f(x))));
-                            }
-                            so.push(("line".into(), Json::opt_str(x.line.as_deref())));
-                            so.push(("error".into(), Json::opt_str(x.error.as_deref())));
-                            Json::Obj(so)
-                        })
-                        .collect(),
-                ),
-            ));
-            Json::Obj(o)
+            report::series_json(
+                vec![("kind", Json::str(s.kind)), ("vmm", Json::str(s.vmm))],
+                &s.samples,
+                &METRICS,
+                |x| vec![("line", Json::opt_str(x.line.as_deref()))],
+            )
         })
         .collect();
     let json = Json::obj([
@@ -397,10 +318,7 @@ pub fn render(
                 ("memory_mib", Json::Num(MEM_MIB as f64)),
             ]),
         ),
-        (
-            "environment",
-            Json::Obj(env.iter().map(|(k, v)| (k.clone(), Json::str(v))).collect()),
-        ),
+        ("environment", report::environment_json(env)),
         ("results", Json::Arr(results)),
         ("callgrind", cg_json),
     ]);

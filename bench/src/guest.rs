@@ -2,7 +2,8 @@
 //! integration tests build it (its own target directory, host RUSTFLAGS
 //! removed), as a PVH ELF and as a bzImage made from that ELF by the very
 //! function the tests use (`tests/support/probe.rs`, compiled in here
-//! rather than copied, so both always boot the same image).
+//! rather than copied, so both always boot the same image); and the
+//! `KEY=VALUE` fields of the lines it prints.
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
@@ -54,4 +55,17 @@ pub fn from_elf(elf: &Path, bzimage: &Path) -> Result<Guest, String> {
         elf: elf.to_path_buf(),
         bzimage: bzimage.to_path_buf(),
     })
+}
+
+/// The value of `KEY=VALUE` in a probe's output line.
+pub fn field<'a>(line: &'a str, key: &str) -> Option<&'a str> {
+    line.split_whitespace()
+        .find_map(|kv| kv.strip_prefix(key)?.strip_prefix('='))
+}
+
+/// The number of `KEY=NUMBER` in a probe's output line.
+pub fn number(line: &str, key: &str) -> Result<f64, String> {
+    field(line, key)
+        .and_then(|v| v.parse::<f64>().ok())
+        .ok_or_else(|| format!("no {key}= in '{line}'"))
 }

@@ -11,6 +11,7 @@
 //! the report records, and printing. One module per benchmark (`boot`,
 //! `blk`, `api`, `density`, `exit`, `net`, `vsock`).
 
+mod alternate;
 mod api;
 mod blk;
 mod boot;
@@ -252,8 +253,7 @@ fn run_boot(
     notes: &[String],
     out: &Path,
 ) -> Result<(), String> {
-    let mut vmms = vec![boot::Vmm::Utsuwa(utsuwa.to_path_buf())];
-    vmms.extend(qemu.map(|q| boot::Vmm::Qemu(q.to_path_buf())));
+    let vmms = both_vmms(utsuwa, qemu);
     let runs = args.runs.unwrap_or(20);
     let setup = boot::Setup {
         runs,
@@ -276,14 +276,7 @@ fn run_boot(
         notes: notes.to_vec(),
     };
     let (md, json) = boot::report::render(&ctx, &series);
-    println!("{md}");
-    let [md_path, json_path] = report::write(out, "boot", &md, &json)?;
-    eprintln!(
-        "[boot] wrote {} and {}",
-        md_path.display(),
-        json_path.display()
-    );
-    Ok(())
+    report::publish(out, "boot", &md, &json)
 }
 
 fn run_blk(
@@ -328,8 +321,7 @@ fn run_blk(
             cases.push(blk::Case { cache, irq });
         }
     }
-    let mut vmms = vec![boot::Vmm::Utsuwa(utsuwa.to_path_buf())];
-    vmms.extend(qemu.map(|q| boot::Vmm::Qemu(q.to_path_buf())));
+    let vmms = both_vmms(utsuwa, qemu);
     let setup = blk::Setup {
         runs,
         timeout: Duration::from_secs(args.timeout),
@@ -342,31 +334,18 @@ fn run_blk(
     let mut env = environment(root, utsuwa, qemu, guest);
     let date = report::utc_now();
     let series = blk::run(&setup);
-    let callgrind = if args.no_callgrind {
-        Err("left out (--no-callgrind).".to_string())
-    } else {
-        match find_on_path("valgrind") {
-            None => Err("valgrind not found (apt-get install valgrind).".to_string()),
-            Some(valgrind) => {
-                env.push((
-                    "valgrind".into(),
-                    proc::output_of(&valgrind.to_string_lossy(), &["--version"])
-                        .unwrap_or_default(),
-                ));
-                let cg = blk::callgrind::Setup {
-                    runs: args.callgrind_runs,
-                    timeout: Duration::from_secs(args.timeout * 10),
-                    valgrind,
-                    annotate: find_on_path("callgrind_annotate"),
-                    vmms: &vmms,
-                    elf: &guest.elf,
-                    image: &image,
-                    dir: &scratch.0,
-                };
-                Ok(blk::callgrind::run(&cg))
-            }
-        }
-    };
+    let callgrind = valgrind(args, &mut env).map(|valgrind| {
+        blk::callgrind::run(&blk::callgrind::Setup {
+            runs: args.callgrind_runs,
+            timeout: Duration::from_secs(args.timeout * 10),
+            valgrind,
+            annotate: find_on_path("callgrind_annotate"),
+            vmms: &vmms,
+            elf: &guest.elf,
+            image: &image,
+            dir: &scratch.0,
+        })
+    });
     env.push(("load average after".into(), first_line("/proc/loadavg")));
     let ctx = blk::report::Context {
         date,
@@ -385,14 +364,7 @@ fn run_blk(
         callgrind_runs: args.callgrind_runs,
     };
     let (md, json) = blk::report::render(&ctx, &series);
-    println!("{md}");
-    let [md_path, json_path] = report::write(out, "blk", &md, &json)?;
-    eprintln!(
-        "[blk] wrote {} and {}",
-        md_path.display(),
-        json_path.display()
-    );
-    Ok(())
+    report::publish(out, "blk", &md, &json)
 }
 
 fn run_api(
@@ -415,14 +387,7 @@ fn run_api(
     let samples = api::run(&setup);
     env.push(("load average after".into(), first_line("/proc/loadavg")));
     let (md, json) = api::render(&date, &env, &samples);
-    println!("{md}");
-    let [md_path, json_path] = report::write(out, "api", &md, &json)?;
-    eprintln!(
-        "[api] wrote {} and {}",
-        md_path.display(),
-        json_path.display()
-    );
-    Ok(())
+    report::publish(out, "api", &md, &json)
 }
 
 fn run_density(
@@ -435,8 +400,7 @@ fn run_density(
     out: &Path,
 ) -> Result<(), String> {
     let runs = args.runs.unwrap_or(3);
-    let mut vmms = vec![boot::Vmm::Utsuwa(utsuwa.to_path_buf())];
-    vmms.extend(qemu.map(|q| boot::Vmm::Qemu(q.to_path_buf())));
+    let vmms = both_vmms(utsuwa, qemu);
     let setup = density::Setup {
         runs,
         timeout: Duration::from_secs(args.timeout),
@@ -449,14 +413,7 @@ fn run_density(
     let series = density::run(&setup);
     env.push(("load average after".into(), first_line("/proc/loadavg")));
     let (md, json) = density::render(&date, runs, &env, notes, &series);
-    println!("{md}");
-    let [md_path, json_path] = report::write(out, "density", &md, &json)?;
-    eprintln!(
-        "[density] wrote {} and {}",
-        md_path.display(),
-        json_path.display()
-    );
-    Ok(())
+    report::publish(out, "density", &md, &json)
 }
 
 fn run_exit(
@@ -467,8 +424,7 @@ fn run_exit(
     guest: &guest::Guest,
     out: &Path,
 ) -> Result<(), String> {
-    let mut vmms = vec![boot::Vmm::Utsuwa(utsuwa.to_path_buf())];
-    vmms.extend(qemu.map(|q| boot::Vmm::Qemu(q.to_path_buf())));
+    let vmms = both_vmms(utsuwa, qemu);
     let setup = exit::Setup {
         runs: args.runs.unwrap_or(3),
         n: args.exits,
@@ -479,35 +435,21 @@ fn run_exit(
     let mut env = environment(root, utsuwa, qemu, guest);
     let date = report::utc_now();
     let series = exit::run(&setup);
-    let cg = callgrind_setup(args, &mut env).map(|(valgrind, dir)| {
-        exit::callgrind(
-            &setup,
-            &exit::Callgrind {
-                valgrind,
-                runs: args.callgrind_runs,
-                timeout: Duration::from_secs(args.timeout * 10),
-                dir: dir.0.clone(),
-            },
-        )
-    });
+    let cg = with_callgrind(args, &mut env, |cg| exit::callgrind(&setup, cg));
     env.push(("load average after".into(), first_line("/proc/loadavg")));
     let (md, json) = exit::render(&date, &setup, &env, &series, &cg);
-    println!("{md}");
-    let [md_path, json_path] = report::write(out, "exit", &md, &json)?;
-    eprintln!(
-        "[exit] wrote {} and {}",
-        md_path.display(),
-        json_path.display()
-    );
-    Ok(())
+    report::publish(out, "exit", &md, &json)
 }
 
-/// valgrind (recorded in `env`) and a scratch directory for callgrind's
-/// files, or why callgrind is left out.
-fn callgrind_setup(
-    args: &Args,
-    env: &mut Vec<(String, String)>,
-) -> Result<(PathBuf, blk::Scratch), String> {
+/// utsuwa, and QEMU when there is one.
+fn both_vmms(utsuwa: &Path, qemu: Option<&Path>) -> Vec<boot::Vmm> {
+    let mut vmms = vec![boot::Vmm::Utsuwa(utsuwa.to_path_buf())];
+    vmms.extend(qemu.map(|q| boot::Vmm::Qemu(q.to_path_buf())));
+    vmms
+}
+
+/// valgrind (recorded in `env`), or why callgrind is left out.
+fn valgrind(args: &Args, env: &mut Vec<(String, String)>) -> Result<PathBuf, String> {
     if args.no_callgrind {
         return Err("left out (--no-callgrind).".into());
     }
@@ -517,7 +459,24 @@ fn callgrind_setup(
         "valgrind".into(),
         proc::output_of(&valgrind.to_string_lossy(), &["--version"]).unwrap_or_default(),
     ));
-    Ok((valgrind, blk::Scratch::new(&std::env::temp_dir())?))
+    Ok(valgrind)
+}
+
+/// `measure` run with valgrind (`valgrind`) and a scratch directory for
+/// callgrind's files, or why callgrind is left out.
+fn with_callgrind<T>(
+    args: &Args,
+    env: &mut Vec<(String, String)>,
+    measure: impl FnOnce(&cgdiff::Setup) -> T,
+) -> Result<T, String> {
+    let valgrind = valgrind(args, env)?;
+    let dir = blk::Scratch::new(&std::env::temp_dir())?;
+    Ok(measure(&cgdiff::Setup {
+        valgrind,
+        runs: args.callgrind_runs,
+        timeout: Duration::from_secs(args.timeout * 10),
+        dir: dir.0.clone(),
+    }))
 }
 
 fn run_net(
@@ -532,8 +491,7 @@ fn run_net(
     if let Some(why) = net::peer::unavailable() {
         return Err(format!("net: cannot run here: {why}"));
     }
-    let mut vmms = vec![boot::Vmm::Utsuwa(utsuwa.to_path_buf())];
-    vmms.extend(qemu.map(|q| boot::Vmm::Qemu(q.to_path_buf())));
+    let vmms = both_vmms(utsuwa, qemu);
     let runs = args.runs.unwrap_or(5);
     let cases = net::FRAMES
         .iter()
@@ -550,17 +508,7 @@ fn run_net(
     let mut env = environment(root, utsuwa, qemu, guest);
     let date = report::utc_now();
     let series = net::run(&setup);
-    let callgrind = callgrind_setup(args, &mut env).map(|(valgrind, dir)| {
-        net::callgrind(
-            &setup,
-            &net::Callgrind {
-                valgrind,
-                runs: args.callgrind_runs,
-                timeout: Duration::from_secs(args.timeout * 10),
-                dir: dir.0.clone(),
-            },
-        )
-    });
+    let callgrind = with_callgrind(args, &mut env, |cg| net::callgrind(&setup, cg));
     env.push(("load average after".into(), first_line("/proc/loadavg")));
     let ctx = net::report::Context {
         date,
@@ -573,14 +521,7 @@ fn run_net(
         callgrind_runs: args.callgrind_runs,
     };
     let (md, json) = net::report::render(&ctx, &series);
-    println!("{md}");
-    let [md_path, json_path] = report::write(out, "net", &md, &json)?;
-    eprintln!(
-        "[net] wrote {} and {}",
-        md_path.display(),
-        json_path.display()
-    );
-    Ok(())
+    report::publish(out, "net", &md, &json)
 }
 
 fn run_vsock(
@@ -634,17 +575,7 @@ fn run_vsock(
     ));
     let date = report::utc_now();
     let series = vsock::run(&setup);
-    let callgrind = callgrind_setup(args, &mut env).map(|(valgrind, dir)| {
-        vsock::callgrind(
-            &setup,
-            &vsock::Callgrind {
-                valgrind,
-                runs: args.callgrind_runs,
-                timeout: Duration::from_secs(args.timeout * 10),
-                dir: dir.0.clone(),
-            },
-        )
-    });
+    let callgrind = with_callgrind(args, &mut env, |cg| vsock::callgrind(&setup, cg));
     env.push(("load average after".into(), first_line("/proc/loadavg")));
     let ctx = vsock::report::Context {
         date,
@@ -658,14 +589,7 @@ fn run_vsock(
         callgrind_runs: args.callgrind_runs,
     };
     let (md, json) = vsock::report::render(&ctx, &series);
-    println!("{md}");
-    let [md_path, json_path] = report::write(out, "vsock", &md, &json)?;
-    eprintln!(
-        "[vsock] wrote {} and {}",
-        md_path.display(),
-        json_path.display()
-    );
-    Ok(())
+    report::publish(out, "vsock", &md, &json)
 }
 
 /// The workspace root: this package's parent directory.

@@ -36,10 +36,12 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use crate::alternate;
 use crate::blk::{callgrind, cpu};
 use crate::boot::{Case as BootCase, Image, Vmm};
 use crate::cgdiff;
 use crate::cleanup;
+use crate::guest;
 use crate::proc::{self, ThreadCpu, Timed};
 
 use peer::{NetNs, PeerConfig, PeerReport};
@@ -157,12 +159,7 @@ pub struct Bench {
 
 impl Bench {
     pub fn parse(line: &str) -> Result<Bench, String> {
-        let get = |key: &str| -> Result<f64, String> {
-            line.split_whitespace()
-                .find_map(|kv| kv.strip_prefix(key)?.strip_prefix('='))
-                .and_then(|v| v.parse::<f64>().ok())
-                .ok_or_else(|| format!("no {key}= in '{line}'"))
-        };
+        let get = |key: &str| guest::number(line, key);
         Ok(Bench {
             g2h_frames: get("g2h_frames")?,
             g2h_fps: get("g2h_fps")?,
@@ -212,23 +209,19 @@ pub struct Sample {
 impl Sample {
     /// The VMM's CPU between the two readings.
     pub fn cpu(&self) -> Option<cpu::Split> {
-        (!self.cpu_end.is_empty()).then(|| cpu::totals(&cpu::usage(&self.cpu_start, &self.cpu_end)))
+        cpu::between(&self.cpu_start, &self.cpu_end)
     }
 
     /// CPU µs per frame (both directions): (user, system).
     pub fn per_frame_us(&self) -> Option<(f64, f64)> {
-        let c = self.cpu()?;
-        let n = self.bench.as_ref()?.frames();
-        (n > 0.0).then(|| (c.user_ms * 1e3 / n, c.sys_ms * 1e3 / n))
+        self.cpu()?.per_unit_us(self.bench.as_ref()?.frames())
     }
 }
 
-#[derive(Debug, Clone)]
-pub struct Series {
-    pub vmm: &'static str,
-    pub case: Case,
-    pub samples: Vec<Sample>,
-}
+alternate::sample!(Sample);
+
+/// Everything one VMM produced for one case.
+pub type Series = alternate::Series<Case, Sample>;
 
 const FATAL: &str = "PROBE-FATAL";
 
@@ -313,93 +306,30 @@ fn timed_run_into(setup: &Setup, vmm: &Vmm, case: &Case, s: &mut Sample) -> Resu
     Ok(())
 }
 
-const GIVE_UP_AFTER: usize = 3;
-
-fn failing(samples: &[Sample]) -> bool {
-    samples.len() >= GIVE_UP_AFTER
-        && samples
-            .iter()
-            .rev()
-            .take(GIVE_UP_AFTER)
-            .all(|s| s.error.is_some())
-}
-
 /// Runs every case `runs` times per VMM, VMMs alternating (the first one
 /// swapped every run), printing progress to stderr.
 pub fn run(setup: &Setup) -> Vec<Series> {
-    let mut series: Vec<Series> = setup
-        .cases
-        .iter()
-        .flat_map(|case| {
-            setup.vmms.iter().map(|v| Series {
-                vmm: v.name(),
-                case: *case,
-                samples: vec![],
-            })
-        })
-        .collect();
-    let index = |case: usize, vmm: usize| case * setup.vmms.len() + vmm;
-    let began = Instant::now();
-    for run in 1..=setup.runs {
-        for (c, case) in setup.cases.iter().enumerate() {
-            let mut order: Vec<usize> = (0..setup.vmms.len()).collect();
-            if run % 2 == 0 {
-                order.reverse();
-            }
-            for &v in &order {
-                let vmm = &setup.vmms[v];
-                let s = if failing(&series[index(c, v)].samples) {
-                    Sample {
-                        run,
-                        error: Some(format!("skipped: the last {GIVE_UP_AFTER} runs failed")),
-                        ..Default::default()
-                    }
-                } else {
-                    timed_run(setup, vmm, case, run)
-                };
-                let shown = match (&s.error, &s.bench, s.per_frame_us()) {
-                    (Some(e), _, _) => format!("FAILED: {e}"),
-                    (None, Some(b), Some((u, k))) => format!(
-                        "g2h {:.0} frames/s {:.0} MB/s, h2g {:.0} frames/s {:.0} MB/s, \
-                         rtt {:.0}/{:.0} µs; VMM {u:.2} + {k:.2} µs/frame",
-                        b.g2h_fps, b.g2h_mbps, b.h2g_fps, b.h2g_mbps, b.rtt_min_us, b.rtt_avg_us
-                    ),
-                    _ => "?".into(),
-                };
-                let roles = cpu::by_role(&cpu::usage(&s.cpu_start, &s.cpu_end))
-                    .iter()
-                    .filter(|(_, c)| c.vmm_ms() + c.guest_ms > 0.5)
-                    .map(|(r, c)| {
-                        format!(
-                            "{r} {:.0}+{:.0} (guest {:.0})",
-                            c.user_ms, c.sys_ms, c.guest_ms
-                        )
-                    })
-                    .collect::<Vec<_>>()
-                    .join(", ");
-                eprintln!(
-                    "[net] {run}/{} {} {}: {shown} [ms: {roles}]",
-                    setup.runs,
-                    vmm.name(),
-                    case.name()
-                );
-                series[index(c, v)].samples.push(s);
-            }
-        }
-    }
-    eprintln!(
-        "[net] timed runs done in {:.1} s",
-        began.elapsed().as_secs_f64()
-    );
-    series
-}
-
-/// How the callgrind part runs.
-pub struct Callgrind {
-    pub valgrind: PathBuf,
-    pub runs: usize,
-    pub timeout: Duration,
-    pub dir: PathBuf,
+    let progress = |vmm: &Vmm, case: &Case, s: &Sample| {
+        let shown = match (&s.error, &s.bench, s.per_frame_us()) {
+            (Some(e), _, _) => format!("FAILED: {e}"),
+            (None, Some(b), Some((u, k))) => format!(
+                "g2h {:.0} frames/s {:.0} MB/s, h2g {:.0} frames/s {:.0} MB/s, \
+                 rtt {:.0}/{:.0} µs; VMM {u:.2} + {k:.2} µs/frame",
+                b.g2h_fps, b.g2h_mbps, b.h2g_fps, b.h2g_mbps, b.rtt_min_us, b.rtt_avg_us
+            ),
+            _ => "?".into(),
+        };
+        let roles = cpu::roles_line(&s.cpu_start, &s.cpu_end);
+        format!("{} {}: {shown} [ms: {roles}]", vmm.name(), case.name())
+    };
+    alternate::run(
+        "net",
+        setup.runs,
+        &setup.vmms,
+        &setup.cases,
+        |vmm, case, run| timed_run(setup, vmm, case, run),
+        progress,
+    )
 }
 
 /// The callgrind case: 1514-byte frames, MSI-X.
@@ -409,7 +339,7 @@ pub const CG_CASE: Case = Case {
 };
 
 /// Instructions per frame (both directions counted) for each VMM.
-pub fn callgrind(setup: &Setup, cg: &Callgrind) -> Vec<cgdiff::Measured> {
+pub fn callgrind(setup: &Setup, cg: &cgdiff::Setup) -> Vec<cgdiff::Measured> {
     let items: Vec<cgdiff::Item> = setup
         .vmms
         .iter()
@@ -421,15 +351,8 @@ pub fn callgrind(setup: &Setup, cg: &Callgrind) -> Vec<cgdiff::Measured> {
         })
         .collect();
     cgdiff::run("net", cg.runs, &items, &cg.dir, |item, size, _, file| {
-        let vmm = setup
-            .vmms
-            .iter()
-            .find(|v| v.name() == item.vmm)
-            .ok_or("no such VMM")?;
-        let frames = match size {
-            cgdiff::Size::Small => CG_SMALL,
-            cgdiff::Size::Large => CG_LARGE,
-        };
+        let vmm = item.vmm_in(&setup.vmms)?;
+        let frames = size.pick(CG_SMALL, CG_LARGE);
         let p = Plumbing::new()?;
         let (stop, peer) = start_peer(&p, cg.timeout)?;
         let mut inner = base_command(vmm, &setup.elf, &plan(&CG_CASE, frames, CG_PINGS));

@@ -1,10 +1,14 @@
 //! Writing results: Markdown tables for people, a small JSON value type
-//! (and its pretty-printer) for tools, and the files `NAME.md` and
-//! `NAME.json` in the output directory. No serde: the few shapes a report
-//! has do not justify the build time.
+//! (and its pretty-printer) for tools, the sections and JSON shapes the
+//! benchmarks' reports share (environment, notes, failures, a series of
+//! samples with its summaries), and the files `NAME.md` and `NAME.json`
+//! in the output directory. No serde: the few shapes a report has do not
+//! justify the build time.
 
 use std::fmt::Write as _;
 use std::path::{Path, PathBuf};
+
+use crate::stats::{self, Metric, Outcome, Summary};
 
 /// A JSON value. Objects keep their keys in insertion order.
 #[derive(Debug, Clone, PartialEq)]
@@ -130,6 +134,106 @@ pub fn table(header: &[&str], rows: &[Vec<String>]) -> String {
         );
     }
     out
+}
+
+/// The `## Environment` section: a table of what and value.
+pub fn environment(env: &[(String, String)]) -> String {
+    let rows: Vec<Vec<String>> = env
+        .iter()
+        .map(|(k, v)| vec![k.clone(), format!("`{v}`")])
+        .collect();
+    format!("\n## Environment\n\n{}", table(&["what", "value"], &rows))
+}
+
+/// The environment as a JSON object.
+pub fn environment_json(env: &[(String, String)]) -> Json {
+    Json::obj(env.iter().map(|(k, v)| (k.as_str(), Json::str(v.as_str()))))
+}
+
+/// Strings as a JSON array.
+pub fn strings_json(v: &[String]) -> Json {
+    Json::Arr(v.iter().map(|n| Json::str(n.as_str())).collect())
+}
+
+/// The `## Notes` section, one item a note; nothing without notes.
+pub fn notes(md: &mut String, notes: &[String]) {
+    if !notes.is_empty() {
+        md.push_str("\n## Notes\n\n");
+        for n in notes {
+            let _ = writeln!(md, "- {n}");
+        }
+    }
+}
+
+/// The `## Failures` section: `- LABEL run N: ERROR` for every failed
+/// run of every (label, samples) group; nothing when none failed.
+pub fn failures<'a, S: Outcome + 'a>(
+    md: &mut String,
+    groups: impl IntoIterator<Item = (String, &'a [S])>,
+) {
+    let mut lines = Vec::new();
+    for (label, samples) in groups {
+        for x in samples {
+            if let Some(e) = x.error() {
+                let run = x.run();
+                lines.push(if label.is_empty() {
+                    format!("- run {run}: {e}")
+                } else {
+                    format!("- {label} run {run}: {e}")
+                });
+            }
+        }
+    }
+    if !lines.is_empty() {
+        md.push_str("\n## Failures\n\n");
+        md.push_str(&lines.join("\n"));
+        md.push('\n');
+    }
+}
+
+/// One run as JSON: `run`, every metric, the `extra` fields, `error`.
+pub fn sample_json<S: Outcome>(
+    x: &S,
+    metrics: impl IntoIterator<Item = Metric<S>>,
+    extra: Vec<(&'static str, Json)>,
+) -> Json {
+    let mut o: Vec<(String, Json)> = vec![("run".into(), Json::Num(x.run() as f64))];
+    for (k, f) in metrics {
+        o.push((k.into(), Json::opt(f(x))));
+    }
+    o.extend(extra.into_iter().map(|(k, v)| (k.into(), v)));
+    o.push(("error".into(), Json::opt_str(x.error())));
+    Json::Obj(o)
+}
+
+/// A series as JSON: the `head` fields, the summary of every metric over
+/// the runs that did not fail, and `samples` (`sample_json`, with
+/// `extra(sample)`).
+pub fn series_json<S: Outcome>(
+    head: Vec<(&'static str, Json)>,
+    samples: &[S],
+    metrics: &[Metric<S>],
+    extra: impl Fn(&S) -> Vec<(&'static str, Json)>,
+) -> Json {
+    let mut o: Vec<(String, Json)> = head.into_iter().map(|(k, v)| (k.into(), v)).collect();
+    for &(k, f) in metrics {
+        o.push((k.into(), Summary::json(stats::summarise(samples, f))));
+    }
+    let samples = samples
+        .iter()
+        .map(|x| sample_json(x, metrics.iter().copied(), extra(x)))
+        .collect();
+    o.push(("samples".into(), Json::Arr(samples)));
+    Json::Obj(o)
+}
+
+/// Prints the Markdown to stdout, writes both files (`write`) and says
+/// where on stderr, as `[NAME] wrote ...`.
+pub fn publish(dir: &Path, name: &str, markdown: &str, json: &Json) -> Result<(), String> {
+    println!("{markdown}");
+    let [md, js] = write(dir, name, markdown, json)?;
+    eprintln!("[{name}] wrote {} and {}", md.display(), js.display());
+    Ok(())
 }
 
 /// Writes `DIR/NAME.md` and `DIR/NAME.json`, creating DIR; returns both paths.

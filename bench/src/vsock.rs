@@ -25,9 +25,11 @@ use std::process::Command;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use crate::alternate;
 use crate::blk::cpu;
 use crate::boot::{Case as BootCase, Image, Vmm};
 use crate::cgdiff;
+use crate::guest::number as field;
 use crate::proc::{self, ThreadCpu, Timed};
 use crate::stats::Summary;
 
@@ -108,13 +110,6 @@ pub struct Bench {
     pub lines: Vec<String>,
 }
 
-fn field(line: &str, key: &str) -> Result<f64, String> {
-    line.split_whitespace()
-        .find_map(|kv| kv.strip_prefix(key)?.strip_prefix('='))
-        .and_then(|v| v.parse::<f64>().ok())
-        .ok_or_else(|| format!("no {key}= in '{line}'"))
-}
-
 impl Bench {
     /// From the guest's output lines (any order; others ignored).
     pub fn parse<'a>(lines: impl IntoIterator<Item = &'a str>) -> Result<Bench, String> {
@@ -190,23 +185,19 @@ pub struct Sample {
 
 impl Sample {
     pub fn cpu(&self) -> Option<cpu::Split> {
-        (!self.cpu_end.is_empty()).then(|| cpu::totals(&cpu::usage(&self.cpu_start, &self.cpu_end)))
+        cpu::between(&self.cpu_start, &self.cpu_end)
     }
 
     /// VMM CPU µs per packet (both directions): (user, system).
     pub fn per_packet_us(&self) -> Option<(f64, f64)> {
-        let c = self.cpu()?;
-        let n = self.bench.as_ref()?.packets();
-        (n > 0.0).then(|| (c.user_ms * 1e3 / n, c.sys_ms * 1e3 / n))
+        self.cpu()?.per_unit_us(self.bench.as_ref()?.packets())
     }
 }
 
-#[derive(Debug, Clone)]
-pub struct Series {
-    pub vmm: &'static str,
-    pub case: Case,
-    pub samples: Vec<Sample>,
-}
+alternate::sample!(Sample);
+
+/// Everything one VMM produced for one case.
+pub type Series = alternate::Series<Case, Sample>;
 
 const FATAL: &str = "PROBE-FATAL";
 
@@ -315,103 +306,40 @@ fn timed_run(setup: &Setup, vmm: &Vmm, case: &Case, run: usize) -> Sample {
     s
 }
 
-const GIVE_UP_AFTER: usize = 3;
-
-fn failing(samples: &[Sample]) -> bool {
-    samples.len() >= GIVE_UP_AFTER
-        && samples
-            .iter()
-            .rev()
-            .take(GIVE_UP_AFTER)
-            .all(|s| s.error.is_some())
-}
-
 /// Runs every case `runs` times per VMM, VMMs alternating, printing
 /// progress to stderr.
 pub fn run(setup: &Setup) -> Vec<Series> {
-    let mut series: Vec<Series> = setup
-        .cases
-        .iter()
-        .flat_map(|case| {
-            setup.vmms.iter().map(|v| Series {
-                vmm: v.name(),
-                case: *case,
-                samples: vec![],
-            })
-        })
-        .collect();
-    let index = |case: usize, vmm: usize| case * setup.vmms.len() + vmm;
-    let began = Instant::now();
-    for run in 1..=setup.runs {
-        for (c, case) in setup.cases.iter().enumerate() {
-            let mut order: Vec<usize> = (0..setup.vmms.len()).collect();
-            if run % 2 == 0 {
-                order.reverse();
-            }
-            for &v in &order {
-                let vmm = &setup.vmms[v];
-                let s = if failing(&series[index(c, v)].samples) {
-                    Sample {
-                        run,
-                        error: Some(format!("skipped: the last {GIVE_UP_AFTER} runs failed")),
-                        ..Default::default()
-                    }
-                } else {
-                    timed_run(setup, vmm, case, run)
-                };
-                let shown = match (&s.error, &s.bench, s.per_packet_us()) {
-                    (Some(e), _, _) => format!("FAILED: {e}"),
-                    (None, Some(b), Some((u, k))) => format!(
-                        "g2h {:.0} MB/s ({:.0} packets), h2g {:.0} MB/s ({:.0} packets); \
-                         VMM {u:.2} + {k:.2} µs/packet",
-                        b.g2h_mbps().unwrap_or(0.0),
-                        b.tx_pkts,
-                        b.h2g_mbps().unwrap_or(0.0),
-                        b.rx_pkts
-                    ),
-                    _ => "?".into(),
-                };
-                let roles = cpu::by_role(&cpu::usage(&s.cpu_start, &s.cpu_end))
-                    .iter()
-                    .filter(|(_, c)| c.vmm_ms() + c.guest_ms > 0.5)
-                    .map(|(r, c)| {
-                        format!(
-                            "{r} {:.0}+{:.0} (guest {:.0})",
-                            c.user_ms, c.sys_ms, c.guest_ms
-                        )
-                    })
-                    .collect::<Vec<_>>()
-                    .join(", ");
-                eprintln!(
-                    "[vsock] {run}/{} {} {}: {shown} [ms: {roles}]",
-                    setup.runs,
-                    vmm.name(),
-                    case.name()
-                );
-                series[index(c, v)].samples.push(s);
-            }
-        }
-    }
-    eprintln!(
-        "[vsock] timed runs done in {:.1} s",
-        began.elapsed().as_secs_f64()
-    );
-    series
-}
-
-/// How the callgrind part runs.
-pub struct Callgrind {
-    pub valgrind: PathBuf,
-    pub runs: usize,
-    pub timeout: Duration,
-    pub dir: PathBuf,
+    let progress = |vmm: &Vmm, case: &Case, s: &Sample| {
+        let shown = match (&s.error, &s.bench, s.per_packet_us()) {
+            (Some(e), _, _) => format!("FAILED: {e}"),
+            (None, Some(b), Some((u, k))) => format!(
+                "g2h {:.0} MB/s ({:.0} packets), h2g {:.0} MB/s ({:.0} packets); \
+                 VMM {u:.2} + {k:.2} µs/packet",
+                b.g2h_mbps().unwrap_or(0.0),
+                b.tx_pkts,
+                b.h2g_mbps().unwrap_or(0.0),
+                b.rx_pkts
+            ),
+            _ => "?".into(),
+        };
+        let roles = cpu::roles_line(&s.cpu_start, &s.cpu_end);
+        format!("{} {}: {shown} [ms: {roles}]", vmm.name(), case.name())
+    };
+    alternate::run(
+        "vsock",
+        setup.runs,
+        &setup.vmms,
+        &setup.cases,
+        |vmm, case, run| timed_run(setup, vmm, case, run),
+        progress,
+    )
 }
 
 /// Instructions per packet (both directions) for utsuwa, each case. The units of
 /// each item are the median packet counts the guest reported in its runs
 /// of that size (the packets per run vary a little with timing: credit
 /// updates, partial packets).
-pub fn callgrind(setup: &Setup, cg: &Callgrind) -> Vec<cgdiff::Measured> {
+pub fn callgrind(setup: &Setup, cg: &cgdiff::Setup) -> Vec<cgdiff::Measured> {
     let mib = 1u64 << 20;
     // Data packets alone, for the progress lines until the runs tell.
     let guess = |m: u64, c: &Case| 2 * m * mib / u64::from(c.pkt);
@@ -433,20 +361,13 @@ pub fn callgrind(setup: &Setup, cg: &Callgrind) -> Vec<cgdiff::Measured> {
         .collect();
     let mut packets: Vec<(&'static str, String, cgdiff::Size, f64)> = Vec::new();
     let mut measured = cgdiff::run("vsock", cg.runs, &items, &cg.dir, |item, size, _, file| {
-        let vmm = setup
-            .vmms
-            .iter()
-            .find(|v| v.name() == item.vmm)
-            .ok_or("no such VMM")?;
+        let vmm = item.vmm_in(&setup.vmms)?;
         let case = setup
             .cases
             .iter()
             .find(|c| c.name() == item.case)
             .ok_or("no such case")?;
-        let m = match size {
-            cgdiff::Size::Small => CG_SMALL_MIB,
-            cgdiff::Size::Large => CG_LARGE_MIB,
-        };
+        let m = size.pick(CG_SMALL_MIB, CG_LARGE_MIB);
         let dir = peer::SockDir::new()?;
         let p = start_peer(vmm, &dir, &setup.pattern, Duration::from_secs(60))?;
         let phase_ms = cg.timeout.as_millis() as u64;

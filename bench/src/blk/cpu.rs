@@ -30,6 +30,11 @@ impl Split {
         self.guest_ms += o.guest_ms;
     }
 
+    /// User and system µs per each of `n` units of work (None for none).
+    pub fn per_unit_us(&self, n: f64) -> Option<(f64, f64)> {
+        (n > 0.0).then(|| (self.user_ms * 1e3 / n, self.sys_ms * 1e3 / n))
+    }
+
     /// The VMM's own time (user + system, guest excluded).
     pub fn vmm_ms(&self) -> f64 {
         self.user_ms + self.sys_ms
@@ -119,6 +124,29 @@ pub fn by_role<'a>(threads: impl IntoIterator<Item = &'a ThreadUse>) -> Vec<(Str
         }
     }
     out
+}
+
+/// The sum over threads between two readings, or None without the
+/// second one.
+pub fn between(start: &[ThreadCpu], end: &[ThreadCpu]) -> Option<Split> {
+    (!end.is_empty()).then(|| totals(&usage(start, end)))
+}
+
+/// CPU by thread role between two readings, for progress lines:
+/// `ROLE USER+SYS (guest GUEST)` in ms, for the roles that used more than
+/// 0.5 ms, comma-separated.
+pub fn roles_line(start: &[ThreadCpu], end: &[ThreadCpu]) -> String {
+    by_role(&usage(start, end))
+        .iter()
+        .filter(|(_, c)| c.vmm_ms() + c.guest_ms > 0.5)
+        .map(|(r, c)| {
+            format!(
+                "{r} {:.0}+{:.0} (guest {:.0})",
+                c.user_ms, c.sys_ms, c.guest_ms
+            )
+        })
+        .collect::<Vec<_>>()
+        .join(", ")
 }
 
 /// Threads alive at the first reading but gone at the second.

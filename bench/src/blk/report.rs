@@ -8,12 +8,11 @@ use std::fmt::Write as _;
 
 use super::callgrind::{self, What};
 use super::cpu::{self, Split, ThreadUse};
-use super::{
-    requests, Case, Sample, Series, BENCH_MIB, GIVE_UP_AFTER, IMAGE_MIB, IOS, MODES, QD, REQ_KIB,
-};
+use super::{requests, Case, Sample, Series, BENCH_MIB, IMAGE_MIB, IOS, MODES, QD, REQ_KIB};
+use crate::alternate::GIVE_UP_AFTER;
 use crate::boot::MEM_MIB;
-use crate::report::{table, Json};
-use crate::stats::{ratio, Summary};
+use crate::report::{self, table, Json};
+use crate::stats::{cell, ratio, Summary};
 
 /// What the report says about where and how it ran.
 pub struct Context {
@@ -126,11 +125,11 @@ fn digest(s: &Series) -> Digest {
 }
 
 fn f0(v: Option<f64>) -> String {
-    v.map_or("–".into(), |v| format!("{v:.0}"))
+    cell(v, 0)
 }
 
 fn f2(v: Option<f64>) -> String {
-    v.map_or("–".into(), |v| format!("{v:.2}"))
+    cell(v, 2)
 }
 
 fn cells(s: Option<Summary>) -> [String; 3] {
@@ -392,13 +391,7 @@ pub fn render(ctx: &Context, series: &[Series]) -> (String, Json) {
     }
 
     let _ = write!(md, "\n## Method\n\n{}", method(ctx));
-    md.push_str("\n## Environment\n\n");
-    let rows: Vec<Vec<String>> = ctx
-        .environment
-        .iter()
-        .map(|(k, v)| vec![k.clone(), format!("`{v}`")])
-        .collect();
-    md.push_str(&table(&["what", "value"], &rows));
+    md.push_str(&report::environment(&ctx.environment));
 
     let json = json(ctx, series, &digests, ratios_json, cg_json);
     (md, json)
@@ -805,18 +798,8 @@ fn json(
                 ("qemu", Json::Bool(series.iter().any(|s| s.vmm == "qemu"))),
             ]),
         ),
-        (
-            "environment",
-            Json::obj(
-                ctx.environment
-                    .iter()
-                    .map(|(k, v)| (k.clone(), Json::str(v.as_str()))),
-            ),
-        ),
-        (
-            "notes",
-            Json::Arr(ctx.notes.iter().map(|n| Json::str(n.as_str())).collect()),
-        ),
+        ("environment", report::environment_json(&ctx.environment)),
+        ("notes", report::strings_json(&ctx.notes)),
         ("results", Json::Arr(results)),
         ("ratios_utsuwa_over_qemu", Json::Arr(ratios)),
         ("callgrind", callgrind),

@@ -8,7 +8,7 @@ use std::fmt::Write as _;
 use super::{
     mib, Image, MemSample, Series, CASES, GIVE_UP_AFTER, MEM_MIB, PLAN_HALT, PLAN_POWEROFF,
 };
-use crate::report::{table, Json};
+use crate::report::{self, table, Json};
 use crate::stats::{ratio, Summary};
 
 /// Figures measured earlier on this machine with other VMMs booting a
@@ -236,13 +236,7 @@ pub fn render(ctx: &Context, series: &[Series]) -> (String, Json) {
     }
 
     let _ = write!(md, "\n## Method\n\n{}", method());
-    md.push_str("\n## Environment\n\n");
-    let rows: Vec<Vec<String>> = ctx
-        .environment
-        .iter()
-        .map(|(k, v)| vec![k.clone(), format!("`{v}`")])
-        .collect();
-    md.push_str(&table(&["what", "value"], &rows));
+    md.push_str(&report::environment(&ctx.environment));
 
     (md, json(ctx, series, &digests, ratios_json))
 }
@@ -393,18 +387,8 @@ fn json(ctx: &Context, series: &[Series], digests: &[Digest], ratios: Vec<Json>)
                 ("plan_memory", Json::str(PLAN_HALT)),
             ]),
         ),
-        (
-            "environment",
-            Json::obj(
-                ctx.environment
-                    .iter()
-                    .map(|(k, v)| (k.clone(), Json::str(v.as_str()))),
-            ),
-        ),
-        (
-            "notes",
-            Json::Arr(ctx.notes.iter().map(|n| Json::str(n.as_str())).collect()),
-        ),
+        ("environment", report::environment_json(&ctx.environment)),
+        ("notes", report::strings_json(&ctx.notes)),
         ("results", Json::Arr(results)),
         ("ratios_utsuwa_over_qemu", Json::Arr(ratios)),
         (

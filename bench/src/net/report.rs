@@ -3,9 +3,10 @@
 //! per frame.
 
 use super::{Sample, Series, CG_CASE, CG_LARGE, CG_PINGS, CG_SMALL, PINGS};
+use crate::alternate;
 use crate::cgdiff;
 use crate::report::{self, Json};
-use crate::stats::Summary;
+use crate::stats::{self, median_cell, range_cell, runs_ok, Metric};
 
 pub struct Context {
     pub date: String,
@@ -18,9 +19,7 @@ pub struct Context {
     pub callgrind_runs: usize,
 }
 
-type Metric = (&'static str, fn(&Sample) -> Option<f64>);
-
-pub const METRICS: [Metric; 10] = [
+pub const METRICS: [Metric<Sample>; 10] = [
     ("g2h_fps", |s| Some(s.bench.as_ref()?.g2h_fps)),
     ("g2h_mbps", |s| Some(s.bench.as_ref()?.g2h_mbps)),
     ("h2g_fps", |s| Some(s.bench.as_ref()?.h2g_fps)),
@@ -35,20 +34,8 @@ pub const METRICS: [Metric; 10] = [
     ("vmm_sys_us_per_frame", |s| s.per_frame_us().map(|(_, k)| k)),
 ];
 
-fn summ(samples: &[Sample], f: fn(&Sample) -> Option<f64>) -> Option<Summary> {
-    let v: Vec<f64> = samples
-        .iter()
-        .filter(|s| s.error.is_none())
-        .filter_map(f)
-        .collect();
-    Summary::of(&v)
-}
-
-fn metric(name: &str) -> fn(&Sample) -> Option<f64> {
-    METRICS
-        .iter()
-        .find(|(n, _)| *n == name)
-        .map_or(|_| None, |m| m.1)
+fn summ(s: &Series, key: &str) -> Option<stats::Summary> {
+    stats::summarise(&s.samples, stats::metric(&METRICS, key))
 }
 
 pub fn render(ctx: &Context, series: &[Series]) -> (String, Json) {
@@ -74,12 +61,9 @@ pub fn render(ctx: &Context, series: &[Series]) -> (String, Json) {
          it. utsuwa `--net tap=tap0`; QEMU `-netdev tap` (no vhost) + `virtio-net-pci`. Rates \
          and round-trip times are the guest's (TSC); MB = 10^6 bytes of whole frames.\n\n",
     );
-    let med = |s: &Series, k: &str, d: usize| {
-        summ(&s.samples, metric(k)).map_or("–".into(), |x| format!("{:.d$}", x.median))
-    };
+    let med = |s: &Series, k: &str, d: usize| median_cell(summ(s, k), d);
     let mut rows = Vec::new();
     for s in series {
-        let failed = s.samples.iter().filter(|x| x.error.is_some()).count();
         rows.push(vec![
             s.case.name(),
             s.vmm.to_string(),
@@ -92,7 +76,7 @@ pub fn render(ctx: &Context, series: &[Series]) -> (String, Json) {
             med(s, "vmm_us_per_frame", 2),
             med(s, "vmm_user_us_per_frame", 2),
             med(s, "vmm_sys_us_per_frame", 2),
-            format!("{}/{}", s.samples.len() - failed, s.samples.len()),
+            runs_ok(&s.samples),
         ]);
     }
     md.push_str("## Medians\n\n");
@@ -122,9 +106,7 @@ pub fn render(ctx: &Context, series: &[Series]) -> (String, Json) {
          switches; the user part is the VMM's own work and carries over to VT-x/AMD-V.\n",
     );
     md.push_str("\n## Spread (min–max)\n\n");
-    let spread = |s: &Series, k: &str, d: usize| {
-        summ(&s.samples, metric(k)).map_or("–".into(), |x| format!("{:.d$}–{:.d$}", x.min, x.max))
-    };
+    let spread = |s: &Series, k: &str, d: usize| range_cell(summ(s, k), d);
     let rows: Vec<Vec<String>> = series
         .iter()
         .map(|s| {
@@ -149,42 +131,21 @@ pub fn render(ctx: &Context, series: &[Series]) -> (String, Json) {
         ],
         &rows,
     ));
-    let mut ratio_rows = Vec::new();
-    for s in series.iter().filter(|s| s.vmm == "utsuwa") {
-        let Some(q) = series.iter().find(|q| q.vmm == "qemu" && q.case == s.case) else {
-            continue;
-        };
-        let r = |k: &str| {
-            let f = metric(k);
-            match (summ(&s.samples, f), summ(&q.samples, f)) {
-                (Some(a), Some(b)) if b.median != 0.0 => format!("{:.2}", a.median / b.median),
-                _ => "–".into(),
-            }
-        };
-        ratio_rows.push(vec![
-            s.case.name(),
-            r("g2h_fps"),
-            r("h2g_fps"),
-            r("rtt_min_us"),
-            r("rtt_avg_us"),
-            r("vmm_us_per_frame"),
-            r("vmm_user_us_per_frame"),
-        ]);
-    }
-    if !ratio_rows.is_empty() {
-        md.push_str("\n## Ratios utsuwa / QEMU (medians)\n\n");
-        md.push_str(&report::table(
-            &[
-                "frame, interrupts",
-                "guest→host frames/s",
-                "host→guest frames/s",
-                "RTT min",
-                "RTT avg",
-                "VMM CPU per frame",
-                "VMM user CPU per frame",
-            ],
-            &ratio_rows,
-        ));
+    if alternate::ratio_section(
+        &mut md,
+        series,
+        &METRICS,
+        "frame, interrupts",
+        &[
+            ("g2h_fps", "guest→host frames/s"),
+            ("h2g_fps", "host→guest frames/s"),
+            ("rtt_min_us", "RTT min"),
+            ("rtt_avg_us", "RTT avg"),
+            ("vmm_us_per_frame", "VMM CPU per frame"),
+            ("vmm_user_us_per_frame", "VMM user CPU per frame"),
+        ],
+        |c| c.name(),
+    ) {
         md.push_str("\nAbove 1 is better for rates, below 1 for times and CPU.\n");
     }
     md.push_str(&format!(
@@ -200,88 +161,39 @@ pub fn render(ctx: &Context, series: &[Series]) -> (String, Json) {
         2 * (CG_LARGE - CG_SMALL),
         ctx.callgrind_runs
     ));
-    let cg_json = match &ctx.callgrind {
-        Ok(m) => {
-            md.push_str(&cgdiff::table(m, "frame"));
-            for m in m {
-                for e in m.errors() {
-                    md.push_str(&format!("\n- {} {}: {e}", m.item.vmm, m.item.case));
-                }
-            }
-            md.push('\n');
-            cgdiff::json(m)
-        }
-        Err(e) => {
-            md.push_str(&format!("Not measured: {e}\n"));
-            Json::obj([("error", Json::str(e.clone()))])
-        }
-    };
-    let errors: Vec<String> = series
-        .iter()
-        .flat_map(|s| {
-            s.samples.iter().filter_map(move |x| {
-                x.error
-                    .as_ref()
-                    .map(|e| format!("- {} {} run {}: {e}", s.vmm, s.case.name(), x.run))
-            })
-        })
-        .collect();
-    if !errors.is_empty() {
-        md.push_str("\n## Failures\n\n");
-        md.push_str(&errors.join("\n"));
-        md.push('\n');
-    }
-    if !ctx.notes.is_empty() {
-        md.push_str("\n## Notes\n\n");
-        for n in &ctx.notes {
-            md.push_str(&format!("- {n}\n"));
-        }
-    }
-    md.push_str("\n## Environment\n\n");
-    md.push_str(&report::table(
-        &["what", "value"],
-        &ctx.environment
+    let cg_json = cgdiff::section(&mut md, &ctx.callgrind, "frame", |_| String::new());
+    report::failures(
+        &mut md,
+        series
             .iter()
-            .map(|(k, v)| vec![k.clone(), format!("`{v}`")])
-            .collect::<Vec<_>>(),
-    ));
+            .map(|s| (format!("{} {}", s.vmm, s.case.name()), &s.samples[..])),
+    );
+    report::notes(&mut md, &ctx.notes);
+    md.push_str(&report::environment(&ctx.environment));
     let results = series
         .iter()
         .map(|s| {
-            let mut o: Vec<(String, Json)> = vec![
-                ("vmm".into(), Json::str(s.vmm)),
-                ("frame".into(), Json::Num(f64::from(s.case.frame))),
-                ("irq".into(), Json::str(s.case.irq)),
-            ];
-            for (k, f) in METRICS {
-                o.push((k.into(), Summary::json(summ(&s.samples, f))));
-            }
-            o.push((
-                "samples".into(),
-                Json::Arr(
-                    s.samples
-                        .iter()
-                        .map(|x| {
-                            let mut so: Vec<(String, Json)> =
-                                vec![("run".into(), Json::Num(x.run as f64))];
-                            for (k, f) in METRICS {
-                                so.push((k.into(), Json::opt(f(x))));
-                            }
-                            so.push(("between_ms".into(), Json::Num(x.between_ms)));
-                            so.push(("host_g2h_frames".into(), Json::Num(x.host_g2h as f64)));
-                            so.push(("host_g2h_secs".into(), Json::Num(x.host_g2h_secs)));
-                            so.push(("host_h2g_secs".into(), Json::Num(x.host_h2g_secs)));
-                            so.push((
-                                "line".into(),
-                                Json::opt_str(x.bench.as_ref().map(|b| b.line.as_str())),
-                            ));
-                            so.push(("error".into(), Json::opt_str(x.error.as_deref())));
-                            Json::Obj(so)
-                        })
-                        .collect(),
-                ),
-            ));
-            Json::Obj(o)
+            report::series_json(
+                vec![
+                    ("vmm", Json::str(s.vmm)),
+                    ("frame", Json::Num(f64::from(s.case.frame))),
+                    ("irq", Json::str(s.case.irq)),
+                ],
+                &s.samples,
+                &METRICS,
+                |x| {
+                    vec![
+                        ("between_ms", Json::Num(x.between_ms)),
+                        ("host_g2h_frames", Json::Num(x.host_g2h as f64)),
+                        ("host_g2h_secs", Json::Num(x.host_g2h_secs)),
+                        ("host_h2g_secs", Json::Num(x.host_h2g_secs)),
+                        (
+                            "line",
+                            Json::opt_str(x.bench.as_ref().map(|b| b.line.as_str())),
+                        ),
+                    ]
+                },
+            )
         })
         .collect();
     let json = Json::obj([
@@ -298,19 +210,8 @@ pub fn render(ctx: &Context, series: &[Series]) -> (String, Json) {
                 ("callgrind_runs", Json::Num(ctx.callgrind_runs as f64)),
             ]),
         ),
-        (
-            "environment",
-            Json::Obj(
-                ctx.environment
-                    .iter()
-                    .map(|(k, v)| (k.clone(), Json::str(v)))
-                    .collect(),
-            ),
-        ),
-        (
-            "notes",
-            Json::Arr(ctx.notes.iter().map(Json::str).collect()),
-        ),
+        ("environment", report::environment_json(&ctx.environment)),
+        ("notes", report::strings_json(&ctx.notes)),
         ("results", Json::Arr(results)),
         ("callgrind", cg_json),
     ]);

@@ -3,9 +3,10 @@
 //! packet, and the QEMU column (measured, or why not).
 
 use super::{Sample, Series, CG_LARGE_MIB, CG_SMALL_MIB};
+use crate::alternate;
 use crate::cgdiff;
 use crate::report::{self, Json};
-use crate::stats::Summary;
+use crate::stats::{self, median_range_cell, runs_ok, Metric};
 
 pub struct Context {
     pub date: String,
@@ -20,9 +21,7 @@ pub struct Context {
     pub callgrind_runs: usize,
 }
 
-type Metric = (&'static str, fn(&Sample) -> Option<f64>);
-
-pub const METRICS: [Metric; 8] = [
+pub const METRICS: [Metric<Sample>; 8] = [
     ("g2h_mbps", |s| s.bench.as_ref()?.g2h_mbps()),
     ("h2g_mbps", |s| s.bench.as_ref()?.h2g_mbps()),
     ("g2h_packets", |s| Some(s.bench.as_ref()?.tx_pkts)),
@@ -38,28 +37,6 @@ pub const METRICS: [Metric; 8] = [
         s.per_packet_us().map(|(_, k)| k)
     }),
 ];
-
-fn summ(samples: &[Sample], f: fn(&Sample) -> Option<f64>) -> Option<Summary> {
-    let v: Vec<f64> = samples
-        .iter()
-        .filter(|s| s.error.is_none())
-        .filter_map(f)
-        .collect();
-    Summary::of(&v)
-}
-
-fn metric(name: &str) -> fn(&Sample) -> Option<f64> {
-    METRICS
-        .iter()
-        .find(|(n, _)| *n == name)
-        .map_or(|_| None, |m| m.1)
-}
-
-fn spread(s: Option<Summary>, d: usize) -> String {
-    s.map_or("–".into(), |x| {
-        format!("{:.d$} ({:.d$}–{:.d$})", x.median, x.min, x.max)
-    })
-}
 
 pub fn render(ctx: &Context, series: &[Series]) -> (String, Json) {
     let mib = ctx.bytes >> 20;
@@ -96,8 +73,9 @@ pub fn render(ctx: &Context, series: &[Series]) -> (String, Json) {
     let qemu_na = ctx.qemu_missing.as_ref().map(|w| format!("n/a ({w})"));
     let mut rows = Vec::new();
     for s in series {
-        let failed = s.samples.iter().filter(|x| x.error.is_some()).count();
-        let m = |k: &str, d: usize| spread(summ(&s.samples, metric(k)), d);
+        let m = |k: &str, d: usize| {
+            median_range_cell(stats::summarise(&s.samples, stats::metric(&METRICS, k)), d)
+        };
         rows.push(vec![
             s.case.name(),
             s.vmm.to_string(),
@@ -108,7 +86,7 @@ pub fn render(ctx: &Context, series: &[Series]) -> (String, Json) {
             m("vmm_us_per_packet", 2),
             m("vmm_user_us_per_packet", 2),
             m("vmm_sys_us_per_packet", 2),
-            format!("{}/{}", s.samples.len() - failed, s.samples.len()),
+            runs_ok(&s.samples),
         ]);
     }
     if let Some(na) = &qemu_na {
@@ -147,36 +125,18 @@ pub fn render(ctx: &Context, series: &[Series]) -> (String, Json) {
          host the system part includes PVM's exits and world switches; the user part is the \
          VMM's own work and carries over to VT-x/AMD-V.\n",
     );
-    let mut ratio_rows = Vec::new();
-    for s in series.iter().filter(|s| s.vmm == "utsuwa") {
-        let Some(q) = series.iter().find(|q| q.vmm == "qemu" && q.case == s.case) else {
-            continue;
-        };
-        let r = |k: &str| {
-            let f = metric(k);
-            match (summ(&s.samples, f), summ(&q.samples, f)) {
-                (Some(a), Some(b)) if b.median != 0.0 => format!("{:.2}", a.median / b.median),
-                _ => "–".into(),
-            }
-        };
-        ratio_rows.push(vec![
-            s.case.name(),
-            r("g2h_mbps"),
-            r("h2g_mbps"),
-            r("vmm_us_per_packet"),
-        ]);
-    }
-    if !ratio_rows.is_empty() {
-        md.push_str("\n## Ratios utsuwa / QEMU (medians)\n\n");
-        md.push_str(&report::table(
-            &[
-                "case",
-                "guest→host MB/s",
-                "host→guest MB/s",
-                "VMM CPU per packet",
-            ],
-            &ratio_rows,
-        ));
+    if alternate::ratio_section(
+        &mut md,
+        series,
+        &METRICS,
+        "case",
+        &[
+            ("g2h_mbps", "guest→host MB/s"),
+            ("h2g_mbps", "host→guest MB/s"),
+            ("vmm_us_per_packet", "VMM CPU per packet"),
+        ],
+        |c| c.name(),
+    ) {
         md.push_str(
             "\nQEMU's vhost-vsock moves the data in the `vhost-PID` worker, a thread of \
              QEMU's process on current kernels, so its CPU is counted; the host end is an \
@@ -200,99 +160,53 @@ pub fn render(ctx: &Context, series: &[Series]) -> (String, Json) {
              which callgrind does not see."
         }
     ));
-    let cg_json = match &ctx.callgrind {
-        Ok(m) => {
-            md.push_str(&cgdiff::table(m, "packet"));
-            if let Some(na) = &qemu_na {
-                let mut cases: Vec<&str> = m.iter().map(|x| x.item.case.as_str()).collect();
-                cases.dedup();
-                for c in cases {
-                    md.push_str(&format!("| {c} | qemu | – | {na} | – | – |\n"));
-                }
+    let cg_json = cgdiff::section(&mut md, &ctx.callgrind, "packet", |m| {
+        let mut rows = String::new();
+        if let Some(na) = &qemu_na {
+            let mut cases: Vec<&str> = m.iter().map(|x| x.item.case.as_str()).collect();
+            cases.dedup();
+            for c in cases {
+                rows.push_str(&format!("| {c} | qemu | – | {na} | – | – |\n"));
             }
-            for m in m {
-                for e in m.errors() {
-                    md.push_str(&format!("\n- {} {}: {e}", m.item.vmm, m.item.case));
-                }
-            }
-            md.push('\n');
-            cgdiff::json(m)
         }
-        Err(e) => {
-            md.push_str(&format!("Not measured: {e}\n"));
-            Json::obj([("error", Json::str(e.clone()))])
-        }
-    };
-    let errors: Vec<String> = series
-        .iter()
-        .flat_map(|s| {
-            s.samples.iter().filter_map(move |x| {
-                x.error
-                    .as_ref()
-                    .map(|e| format!("- {} {} run {}: {e}", s.vmm, s.case.name(), x.run))
-            })
-        })
-        .collect();
-    if !errors.is_empty() {
-        md.push_str("\n## Failures\n\n");
-        md.push_str(&errors.join("\n"));
-        md.push('\n');
-    }
-    if !ctx.notes.is_empty() {
-        md.push_str("\n## Notes\n\n");
-        for n in &ctx.notes {
-            md.push_str(&format!("- {n}\n"));
-        }
-    }
-    md.push_str("\n## Environment\n\n");
-    md.push_str(&report::table(
-        &["what", "value"],
-        &ctx.environment
+        rows
+    });
+    report::failures(
+        &mut md,
+        series
             .iter()
-            .map(|(k, v)| vec![k.clone(), format!("`{v}`")])
-            .collect::<Vec<_>>(),
-    ));
+            .map(|s| (format!("{} {}", s.vmm, s.case.name()), &s.samples[..])),
+    );
+    report::notes(&mut md, &ctx.notes);
+    md.push_str(&report::environment(&ctx.environment));
     let mut results: Vec<Json> = series
         .iter()
         .map(|s| {
-            let mut o: Vec<(String, Json)> = vec![
-                ("vmm".into(), Json::str(s.vmm)),
-                ("case".into(), Json::str(s.case.name())),
-                ("pkt".into(), Json::Num(f64::from(s.case.pkt))),
-            ];
-            for (k, f) in METRICS {
-                o.push((k.into(), Summary::json(summ(&s.samples, f))));
-            }
-            o.push((
-                "samples".into(),
-                Json::Arr(
-                    s.samples
-                        .iter()
-                        .map(|x| {
-                            let mut so: Vec<(String, Json)> =
-                                vec![("run".into(), Json::Num(x.run as f64))];
-                            for (k, f) in METRICS {
-                                so.push((k.into(), Json::opt(f(x))));
-                            }
-                            so.push(("between_ms".into(), Json::Num(x.between_ms)));
-                            so.push(("host_g2h_secs".into(), Json::Num(x.host.g2h_secs)));
-                            so.push(("host_h2g_secs".into(), Json::Num(x.host.h2g_secs)));
-                            so.push((
-                                "lines".into(),
-                                Json::Arr(
-                                    x.bench
-                                        .iter()
-                                        .flat_map(|b| b.lines.iter().map(Json::str))
-                                        .collect(),
-                                ),
-                            ));
-                            so.push(("error".into(), Json::opt_str(x.error.as_deref())));
-                            Json::Obj(so)
-                        })
-                        .collect(),
-                ),
-            ));
-            Json::Obj(o)
+            report::series_json(
+                vec![
+                    ("vmm", Json::str(s.vmm)),
+                    ("case", Json::str(s.case.name())),
+                    ("pkt", Json::Num(f64::from(s.case.pkt))),
+                ],
+                &s.samples,
+                &METRICS,
+                |x| {
+                    vec![
+                        ("between_ms", Json::Num(x.between_ms)),
+                        ("host_g2h_secs", Json::Num(x.host.g2h_secs)),
+                        ("host_h2g_secs", Json::Num(x.host.h2g_secs)),
+                        (
+                            "lines",
+                            Json::Arr(
+                                x.bench
+                                    .iter()
+                                    .flat_map(|b| b.lines.iter().map(Json::str))
+                                    .collect(),
+                            ),
+                        ),
+                    ]
+                },
+            )
         })
         .collect();
     if let Some(na) = &qemu_na {
@@ -330,19 +244,8 @@ pub fn render(ctx: &Context, series: &[Series]) -> (String, Json) {
             "qemu",
             Json::str(qemu_na.clone().unwrap_or_else(|| "measured".into())),
         ),
-        (
-            "environment",
-            Json::Obj(
-                ctx.environment
-                    .iter()
-                    .map(|(k, v)| (k.clone(), Json::str(v)))
-                    .collect(),
-            ),
-        ),
-        (
-            "notes",
-            Json::Arr(ctx.notes.iter().map(Json::str).collect()),
-        ),
+        ("environment", report::environment_json(&ctx.environment)),
+        ("notes", report::strings_json(&ctx.notes)),
         ("results", Json::Arr(results)),
         ("callgrind", cg_json),
     ]);
