@@ -7,7 +7,7 @@
 //! Every run gets a network namespace of its own (`utsuwa-net-<pid>-<n>`)
 //! holding the TAP; the VMM runs inside it (`ip netns exec`, which execs,
 //! so the pid is the VMM's) and the host end of the protocol is the very
-//! peer the network tests use (`tests/support/net_peer.rs`, compiled in
+//! peer the network tests use (`tests/support/net_peer/`, compiled in
 //! here), on an AF_PACKET socket opened inside the namespace. No frame can
 //! leave it. The namespace is deleted after the run, on failure too, and
 //! on SIGINT/SIGTERM/SIGHUP (`crate::cleanup`); one left by a killed
@@ -26,8 +26,8 @@
 
 pub mod report;
 
-#[allow(dead_code, clippy::all)]
-#[path = "../../tests/support/net_peer.rs"]
+#[allow(dead_code, unused_imports, clippy::all)]
+#[path = "../../tests/support/net_peer/mod.rs"]
 pub mod peer;
 
 use std::path::{Path, PathBuf};

@@ -16,7 +16,7 @@ use super::Outcome;
 
 // The namespace, the sockets, the frames and the peer: in a file of its
 // own so that the benchmarks (bench/src/net.rs) compile the same code.
-#[path = "net_peer.rs"]
+#[path = "net_peer/mod.rs"]
 mod peer;
 pub use peer::*;
 

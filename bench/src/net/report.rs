@@ -56,7 +56,7 @@ pub fn render(ctx: &Context, series: &[Series]) -> (String, Json) {
         "The probe's `probe.net_bench=FRAME` (guests/probe/README.md): guest→host frames with \
          at most 256 beyond the host's acknowledgement, then host→guest frames (the host keeps \
          128 unacknowledged), then echo requests to the host one at a time. The host end is \
-         the network tests' peer (`tests/support/net_peer.rs`) on an AF_PACKET socket on the \
+         the network tests' peer (`tests/support/net_peer/`) on an AF_PACKET socket on the \
          TAP, in a network namespace made for the run (deleted afterwards): no frame leaves \
          it. utsuwa `--net tap=tap0`; QEMU `-netdev tap` (no vhost) + `virtio-net-pci`. Rates \
          and round-trip times are the guest's (TSC); MB = 10^6 bytes of whole frames.\n\n",
